@@ -1,0 +1,161 @@
+"""``clerk-sync``: the command line, and the one place that wires ingress, workers and models."""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from clerk_sync.settings import Settings, SettingsError
+
+
+def load_settings(**overrides: Any) -> Settings:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
+    return settings.with_overrides(**overrides) if overrides else settings
+
+
+@click.group()
+def main() -> None:
+    """Keep a SQL database in step with Clerk organizations and memberships."""
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Bring the database at DATABASE_URL to the latest schema (safe to run repeatedly)."""
+    from models.migrate import upgrade
+
+    settings = load_settings()
+    upgrade(settings.database_url, revision)
+    click.echo(f"database at revision {revision}")
+
+
+@main.command()
+@click.option("--bind", default="0.0.0.0:8000", show_default=True)
+@click.option("--workers", "worker_count", type=int, default=2, show_default=True)
+@click.option("--threads", type=int, default=4, show_default=True)
+def ingress(bind: str, worker_count: int, threads: int) -> None:
+    """Serve the webhook endpoint under gunicorn."""
+    from gunicorn.app.base import BaseApplication
+
+    from ingress import create_app
+
+    settings = load_settings()
+    try:
+        settings.require_webhook_secrets()
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
+
+    class IngressServer(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            self.cfg.set("bind", bind)
+            self.cfg.set("workers", worker_count)
+            self.cfg.set("threads", threads)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("timeout", 30)
+            self.cfg.set("graceful_timeout", 20)
+            self.cfg.set("accesslog", "-")
+
+        def load(self) -> Any:
+            return create_app(settings)
+
+    IngressServer().run()
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--concurrency", type=int, default=None, help="Worker processes (default: CPUs).")
+@click.option("--beat/--no-beat", default=False, help="Also run the ledger sweeper schedule.")
+@click.pass_context
+def worker(ctx: click.Context, concurrency: int | None, beat: bool) -> None:
+    """Run a Celery worker consuming the event queue (extra options go to Celery)."""
+    from workers.app import create_celery_app
+
+    settings = load_settings()
+    app = create_celery_app(settings)
+    argv = ["worker", "--loglevel=INFO", f"--queues={settings.queue_name}"]
+    if concurrency is not None:
+        argv.append(f"--concurrency={concurrency}")
+    if beat:
+        argv.append("--beat")
+    app.worker_main([*argv, *ctx.args])
+
+
+@main.command()
+def sweep() -> None:
+    """Re-publish accepted events that never reached the database (normally run by beat)."""
+    from workers.app import create_celery_app
+    from workers.app import sweep as sweep_ledger
+
+    settings = load_settings()
+    app = create_celery_app(settings)
+    click.echo(f"re-published {sweep_ledger(app.clerk_sync_runtime)} event(s)")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".clerk-sync-dev"),
+    show_default=True,
+)
+def dev(host: str, port: int, data_dir: Path) -> None:
+    """Run ingress and a worker together with no external services (SQLite, filesystem broker)."""
+    from werkzeug.serving import run_simple
+
+    from ingress import create_app
+    from models.migrate import upgrade
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    broker_dir = data_dir / "broker"
+    broker_dir.mkdir(exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("DATABASE_URL", f"sqlite:///{(data_dir / 'clerk-sync.db').resolve()}")
+    env["CELERY_BROKER_URL"] = "filesystem://"
+    env["CLERK_SYNC_BROKER_DIR"] = str(broker_dir.resolve())
+    if not env.get("CLERK_WEBHOOK_SECRET", "").strip():
+        env["CLERK_WEBHOOK_SECRET"] = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+        click.echo(f"Generated a development signing secret: {env['CLERK_WEBHOOK_SECRET']}")
+    try:
+        settings = Settings.from_env(env)
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
+
+    upgrade(settings.database_url)
+    click.echo(f"Database: {settings.database_url}")
+    worker_process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.main",
+            "worker",
+            "--pool=solo",
+            "--loglevel=INFO",
+            f"--queues={settings.queue_name}",
+        ],
+        env=env,
+    )
+    click.echo(f"POST Clerk webhooks to http://{host}:{port}/webhook/clerk")
+    try:
+        run_simple(host, port, create_app(settings), threaded=True)
+    finally:
+        worker_process.send_signal(signal.SIGTERM)
+        worker_process.wait(timeout=30)

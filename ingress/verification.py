@@ -1,0 +1,51 @@
+"""Svix signature verification over the raw body, with every configured secret."""
+
+from __future__ import annotations
+
+import binascii
+from collections.abc import Iterable, Sequence
+from enum import Enum
+
+from svix.webhooks import Webhook, WebhookVerificationError
+
+SVIX_HEADERS = ("svix-id", "svix-timestamp", "svix-signature")
+STANDARD_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+TIMESTAMP_ERRORS = ("Message timestamp too old", "Message timestamp too new")
+
+
+class Verdict(Enum):
+    VALID = "valid"
+    MISSING_HEADERS = "missing_headers"
+    STALE_TIMESTAMP = "stale_timestamp"
+    BAD_SIGNATURE = "bad_signature"
+
+
+class SignatureVerifier:
+    """Tries each secret in turn, so a rotation can run with the old and new secret both valid.
+
+    svix raises ``WebhookVerificationError`` for most failures but plain ``ValueError`` or
+    ``binascii.Error`` for a malformed signature header, and ``UnicodeDecodeError`` for a body
+    that is not UTF-8: all of them are a bad signature, never a server error.
+    """
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        self._webhooks = [Webhook(secret) for secret in secrets]
+
+    def verify(self, body: bytes, headers: Iterable[tuple[str, str]]) -> Verdict:
+        present = {name.lower(): value for name, value in headers}
+        if not (
+            all(present.get(name) for name in SVIX_HEADERS)
+            or all(present.get(name) for name in STANDARD_HEADERS)
+        ):
+            return Verdict.MISSING_HEADERS
+        for webhook in self._webhooks:
+            try:
+                webhook.verify(body, present)
+            except WebhookVerificationError as error:
+                if str(error) in TIMESTAMP_ERRORS:
+                    return Verdict.STALE_TIMESTAMP
+                continue
+            except (ValueError, binascii.Error):
+                return Verdict.BAD_SIGNATURE
+            return Verdict.VALID
+        return Verdict.BAD_SIGNATURE

@@ -1,0 +1,164 @@
+"""Membership mutations: versioned upsert, supersession of a replaced membership, tombstoned delete.
+
+A membership's version is the pair (``created_at``, ``updated_at``): ``created_at`` tells its
+incarnations apart (a user removed and re-added), ``updated_at`` orders changes within one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, or_, select
+
+from models.database import insert_for, lock_organization
+from models.organizations import OrganizationSnapshot, upsert_organization
+from models.tables import organization_memberships
+from models.tombstones import (
+    DELETED,
+    ORGANIZATION,
+    ORGANIZATION_MEMBERSHIP,
+    SUPERSEDED,
+    Tombstone,
+    bury,
+    find_tombstone,
+)
+
+
+@dataclass(frozen=True)
+class MembershipSnapshot:
+    """A membership as Clerk described it, with the organization snapshot it carried."""
+
+    id: str
+    organization: OrganizationSnapshot
+    user_id: str
+    role: str
+    permissions: list[str]
+    identifier: str | None
+    first_name: str | None
+    last_name: str | None
+    image_url: str | None
+    public_metadata: dict[str, Any]
+    created_at: int
+    updated_at: int
+
+
+def upsert_membership(connection: Connection, snapshot: MembershipSnapshot) -> bool:
+    """Apply a created/updated membership; returns whether the membership row was written.
+
+    The organization is created (or advanced) from the nested snapshot first, which absorbs a
+    membership that arrives before its organization. If another membership id holds the same
+    (organization, user), the one created later wins and the loser is tombstoned, so its late
+    events can never bring it back.
+    """
+    organization_id = snapshot.organization.id
+    lock_organization(connection, organization_id)
+    if find_tombstone(connection, ORGANIZATION, organization_id) is not None:
+        return False
+    upsert_organization(connection, snapshot.organization)
+    tombstone = find_tombstone(connection, ORGANIZATION_MEMBERSHIP, snapshot.id)
+    if tombstone is not None and (tombstone.created_at or 0) >= snapshot.created_at:
+        return False
+
+    holder = connection.execute(
+        select(organization_memberships.c.id, organization_memberships.c.created_at).where(
+            organization_memberships.c.organization_id == organization_id,
+            organization_memberships.c.user_id == snapshot.user_id,
+            organization_memberships.c.id != snapshot.id,
+        )
+    ).one_or_none()
+    if holder is not None:
+        if (holder.created_at, holder.id) > (snapshot.created_at, snapshot.id):
+            _supersede(
+                connection, organization_id, snapshot.id, snapshot.created_at, holder.created_at
+            )
+            return False
+        _supersede(connection, organization_id, holder.id, holder.created_at, snapshot.created_at)
+        connection.execute(
+            delete(organization_memberships).where(organization_memberships.c.id == holder.id)
+        )
+
+    values = {
+        "id": snapshot.id,
+        "organization_id": organization_id,
+        "user_id": snapshot.user_id,
+        "role": snapshot.role,
+        "permissions": snapshot.permissions,
+        "identifier": snapshot.identifier,
+        "first_name": snapshot.first_name,
+        "last_name": snapshot.last_name,
+        "image_url": snapshot.image_url,
+        "public_metadata": snapshot.public_metadata,
+        "created_at": snapshot.created_at,
+        "updated_at": snapshot.updated_at,
+        "synced_at": datetime.now(UTC),
+    }
+    statement = insert_for(connection, organization_memberships).values(values)
+    incoming = statement.excluded
+    current = organization_memberships.c
+    statement = statement.on_conflict_do_update(
+        index_elements=[current.id],
+        set_={name: incoming[name] for name in values if name != "id"},
+        where=or_(
+            current.created_at < incoming.created_at,
+            and_(
+                current.created_at == incoming.created_at, current.updated_at < incoming.updated_at
+            ),
+        ),
+    )
+    return bool(connection.execute(statement).rowcount)
+
+
+def delete_membership(
+    connection: Connection, snapshot: MembershipSnapshot, deleted_at: int
+) -> None:
+    """Delete one incarnation of a membership and tombstone it.
+
+    Clerk sends the full membership on deletion; its ``created_at`` names the incarnation, so a
+    newer incarnation with the same id (should Clerk ever reuse one) is left alone. The nested
+    organization snapshot is applied like any other, so the organization row ends up the same
+    whichever order events arrive in.
+    """
+    organization_id = snapshot.organization.id
+    lock_organization(connection, organization_id)
+    if find_tombstone(connection, ORGANIZATION, organization_id) is not None:
+        return
+    upsert_organization(connection, snapshot.organization)
+    bury(
+        connection,
+        Tombstone(
+            entity_type=ORGANIZATION_MEMBERSHIP,
+            entity_id=snapshot.id,
+            organization_id=organization_id,
+            created_at=snapshot.created_at,
+            deleted_at=deleted_at,
+            reason=DELETED,
+        ),
+    )
+    connection.execute(
+        delete(organization_memberships).where(
+            organization_memberships.c.id == snapshot.id,
+            organization_memberships.c.created_at <= snapshot.created_at,
+        )
+    )
+
+
+def _supersede(
+    connection: Connection,
+    organization_id: str,
+    loser_id: str,
+    loser_created_at: int,
+    winner_created_at: int,
+) -> None:
+    bury(
+        connection,
+        Tombstone(
+            entity_type=ORGANIZATION_MEMBERSHIP,
+            entity_id=loser_id,
+            organization_id=organization_id,
+            created_at=loser_created_at,
+            deleted_at=winner_created_at,
+            reason=SUPERSEDED,
+        ),
+    )

@@ -1,0 +1,82 @@
+"""Organization mutations: versioned upsert and tombstoned delete."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, delete
+
+from models.database import insert_for, lock_organization
+from models.tables import organization_memberships, organizations
+from models.tombstones import DELETED, ORGANIZATION, Tombstone, bury, find_tombstone
+
+
+@dataclass(frozen=True)
+class OrganizationSnapshot:
+    """An organization as Clerk described it at ``updated_at`` (ms)."""
+
+    id: str
+    name: str
+    slug: str | None
+    image_url: str | None
+    workspace_id: str | None
+    public_metadata: dict[str, Any]
+    created_by: str | None
+    max_allowed_memberships: int | None
+    created_at: int
+    updated_at: int
+
+
+def upsert_organization(connection: Connection, snapshot: OrganizationSnapshot) -> bool:
+    """Create the organization or move it to a newer version; ignore stale or deleted ones.
+
+    Returns whether a row was written.
+    """
+    lock_organization(connection, snapshot.id)
+    if find_tombstone(connection, ORGANIZATION, snapshot.id) is not None:
+        return False
+    values = {
+        "id": snapshot.id,
+        "name": snapshot.name,
+        "slug": snapshot.slug,
+        "image_url": snapshot.image_url,
+        "workspace_id": snapshot.workspace_id,
+        "public_metadata": snapshot.public_metadata,
+        "created_by": snapshot.created_by,
+        "max_allowed_memberships": snapshot.max_allowed_memberships,
+        "created_at": snapshot.created_at,
+        "updated_at": snapshot.updated_at,
+        "synced_at": datetime.now(UTC),
+    }
+    statement = insert_for(connection, organizations).values(values)
+    statement = statement.on_conflict_do_update(
+        index_elements=[organizations.c.id],
+        set_={name: statement.excluded[name] for name in values if name != "id"},
+        where=organizations.c.updated_at < statement.excluded.updated_at,
+    )
+    return bool(connection.execute(statement).rowcount)
+
+
+def delete_organization(connection: Connection, organization_id: str, deleted_at: int) -> None:
+    """Delete the organization and its members, and tombstone it for good: Clerk never reuses
+    organization ids, so no later event for this id can be newer than the deletion."""
+    lock_organization(connection, organization_id)
+    bury(
+        connection,
+        Tombstone(
+            entity_type=ORGANIZATION,
+            entity_id=organization_id,
+            organization_id=organization_id,
+            created_at=None,
+            deleted_at=deleted_at,
+            reason=DELETED,
+        ),
+    )
+    connection.execute(
+        delete(organization_memberships).where(
+            organization_memberships.c.organization_id == organization_id
+        )
+    )
+    connection.execute(delete(organizations).where(organizations.c.id == organization_id))

@@ -1,0 +1,100 @@
+"""The tables other applications read. Column meanings are documented in the README."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+JSONDocument: Any = JSON().with_variant(JSONB(), "postgresql")
+Timestamp = DateTime(timezone=True)
+
+organizations = Table(
+    "organizations",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("slug", Text, index=True),
+    Column("image_url", Text),
+    Column("workspace_id", Text, index=True),
+    Column("public_metadata", JSONDocument, nullable=False),
+    Column("created_by", String(64)),
+    Column("max_allowed_memberships", Integer),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("synced_at", Timestamp, nullable=False),
+)
+
+organization_memberships = Table(
+    "organization_memberships",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column(
+        "organization_id",
+        String(64),
+        ForeignKey("organizations.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("user_id", String(64), nullable=False, index=True),
+    Column("role", Text, nullable=False),
+    Column("permissions", JSONDocument, nullable=False),
+    Column("identifier", Text),
+    Column("first_name", Text),
+    Column("last_name", Text),
+    Column("image_url", Text),
+    Column("public_metadata", JSONDocument, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("synced_at", Timestamp, nullable=False),
+    UniqueConstraint("organization_id", "user_id"),
+)
+
+tombstones = Table(
+    "tombstones",
+    metadata,
+    Column("entity_type", String(32), primary_key=True),
+    Column("entity_id", String(64), primary_key=True),
+    Column("organization_id", String(64)),
+    Column("created_at", BigInteger),
+    Column("deleted_at", BigInteger, nullable=False),
+    Column("reason", String(16), nullable=False),
+    Column("synced_at", Timestamp, nullable=False),
+)
+
+webhook_events = Table(
+    "webhook_events",
+    metadata,
+    Column("svix_id", String(128), primary_key=True),
+    Column("event_type", String(128)),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text),
+    Column("payload", Text, nullable=False),
+    Column("event_timestamp", BigInteger),
+    Column("received_at", Timestamp, nullable=False),
+    Column("processed_at", Timestamp),
+    Index("ix_webhook_events_status_received_at", "status", "received_at"),
+)

@@ -1,0 +1,212 @@
+"""Shared fixtures: real PostgreSQL, SQLite, Redis and Celery worker processes.
+
+PostgreSQL and Redis are the machine's own (``TEST_POSTGRES_URL``, ``TEST_REDIS_URL`` override the
+defaults). Each test session gets its own PostgreSQL database; each test starts from empty tables
+and an empty Redis database.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import Engine, create_engine, delete, text
+
+from clerk_sync.settings import Settings
+from models.database import make_engine
+from models.migrate import upgrade
+from models.tables import metadata
+
+ROOT = Path(__file__).resolve().parent.parent
+POSTGRES_ADMIN_URL = os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+SECOND_WEBHOOK_SECRET = "whsec_dGhpcyBpcyBhIHNlY29uZCB0ZXN0IGtleSEh"
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
+    """Poll until ``predicate`` returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s: {predicate}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, migrated to head."""
+    name = f"clerk_sync_test_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    upgrade(url)
+    yield url
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The embedded default: a SQLite file, migrated to head."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'clerk-sync.db'}"
+    upgrade(url)
+    return url
+
+
+def empty_tables(engine: Engine) -> None:
+    with engine.begin() as connection:
+        for table in reversed(metadata.sorted_tables):
+            connection.execute(delete(table))
+
+
+@pytest.fixture
+def pg_engine(postgres_url: str) -> Iterator[Engine]:
+    engine = make_engine(postgres_url)
+    empty_tables(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """Each test using this runs once on PostgreSQL and once on SQLite."""
+    url = request.getfixturevalue(f"{request.param}_url")
+    engine = make_engine(url)
+    empty_tables(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def redis_client() -> Iterator[redis.Redis[bytes]]:
+    client: redis.Redis[bytes] = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def settings(postgres_url: str, redis_client: redis.Redis[bytes]) -> Settings:
+    """Settings for a pipeline on real PostgreSQL and Redis, with short retry delays."""
+    return Settings(
+        webhook_secrets=(WEBHOOK_SECRET,),
+        database_url=postgres_url,
+        broker_url=REDIS_URL,
+        queue_name=f"clerk-sync-test-{uuid.uuid4().hex[:6]}",
+        max_retries=3,
+        retry_backoff_seconds=0.2,
+        retry_backoff_max_seconds=1.0,
+        visibility_timeout_seconds=60,
+        broker_publish_timeout_seconds=1.0,
+        db_lock_timeout_ms=500,
+    )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes ``Settings.from_env()`` in a child process equal ``settings``."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("CLERK_", "CELERY_", "DATABASE_URL"))
+    }
+    env.update(
+        {
+            "CLERK_WEBHOOK_SECRET": " ".join(settings.webhook_secrets),
+            "DATABASE_URL": settings.database_url,
+            "CELERY_BROKER_URL": settings.broker_url,
+            "CLERK_SYNC_BROKER_DIR": settings.broker_filesystem_dir,
+            "CLERK_SYNC_QUEUE": settings.queue_name,
+            "CLERK_SYNC_MAX_RETRIES": str(settings.max_retries),
+            "CLERK_SYNC_RETRY_BACKOFF_SECONDS": str(settings.retry_backoff_seconds),
+            "CLERK_SYNC_RETRY_BACKOFF_MAX_SECONDS": str(settings.retry_backoff_max_seconds),
+            "CLERK_SYNC_VISIBILITY_TIMEOUT_SECONDS": str(settings.visibility_timeout_seconds),
+            "CLERK_SYNC_DB_LOCK_TIMEOUT_MS": str(settings.db_lock_timeout_ms),
+            "CLERK_SYNC_LEDGER_REDELIVER_AFTER_SECONDS": str(
+                settings.ledger_redeliver_after_seconds
+            ),
+            "CLERK_SYNC_WORKSPACE_METADATA_KEY": settings.workspace_metadata_key,
+        }
+    )
+    return env
+
+
+class WorkerProcess:
+    """A real ``celery worker`` process consuming the test queue."""
+
+    def __init__(self, settings: Settings, log_path: Path, concurrency: int = 2) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.main",
+                "worker",
+                "--loglevel=INFO",
+                f"--queues={settings.queue_name}",
+                f"--concurrency={concurrency}",
+                f"--hostname=test-{uuid.uuid4().hex[:6]}@%h",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            env=settings_env(settings),
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_for(lambda: b"ready." in log_path.read_bytes() or self.process.poll() is not None, 60)
+        if self.process.poll() is not None:
+            pytest.fail(f"worker exited early:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start real worker processes for given settings; all are stopped after the test."""
+    started: list[WorkerProcess] = []
+
+    def start(settings: Settings, concurrency: int = 2) -> WorkerProcess:
+        worker = WorkerProcess(settings, tmp_path / f"worker-{len(started)}.log", concurrency)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+def queue_length(client: redis.Redis[bytes], queue_name: str) -> int:
+    """Messages waiting in a kombu Redis queue (a Redis list named after the queue)."""
+    return int(client.llen(queue_name))

@@ -1,0 +1,140 @@
+"""Small builders for Clerk-shaped payloads (see ../shared/reference/clerk-payloads/) and Svix
+signatures made with svix's own ``Webhook.sign``."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from svix.webhooks import Webhook
+
+BASE_TIME_MS = 1_767_225_600_000
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:24]}"
+
+
+def new_svix_id() -> str:
+    return new_id("msg")
+
+
+def organization_data(
+    org_id: str | None = None,
+    *,
+    name: str = "Acme Test Org",
+    slug: str | None = "acme-test-org",
+    updated_at: int = BASE_TIME_MS,
+    created_at: int = BASE_TIME_MS,
+    public_metadata: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "object": "organization",
+        "id": org_id or new_id("org"),
+        "name": name,
+        "slug": slug,
+        "image_url": "https://img.clerk.com/fake-org-image",
+        "has_image": False,
+        "members_count": 1,
+        "missing_member_with_elevated_permissions": False,
+        "pending_invitations_count": 0,
+        "max_allowed_memberships": 5,
+        "admin_delete_enabled": True,
+        "public_metadata": public_metadata if public_metadata is not None else {},
+        "private_metadata": {},
+        "created_by": "user_2FAKEuser0000000000000000001",
+        "created_at": created_at,
+        "updated_at": updated_at,
+    }
+    data.update(overrides)
+    return data
+
+
+def deleted_organization_data(org_id: str, slug: str | None = "acme-test-org") -> dict[str, Any]:
+    data: dict[str, Any] = {"deleted": True, "id": org_id, "object": "organization"}
+    if slug is not None:
+        data["slug"] = slug
+    return data
+
+
+def membership_data(
+    organization: dict[str, Any],
+    *,
+    membership_id: str | None = None,
+    user_id: str | None = None,
+    role: str = "org:member",
+    created_at: int = BASE_TIME_MS + 60_000,
+    updated_at: int | None = None,
+    first_name: str | None = "Jane",
+    identifier: str | None = "jane.tester@example.com",
+    public_metadata: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    permissions = (
+        ["org:sys_memberships:manage", "org:sys_memberships:read", "org:sys_profile:manage"]
+        if role == "org:admin"
+        else ["org:sys_billing:read", "org:sys_memberships:read"]
+    )
+    data: dict[str, Any] = {
+        "object": "organization_membership",
+        "id": membership_id or new_id("orgmem"),
+        "role": role,
+        "role_name": "Admin" if role == "org:admin" else "Member",
+        "permissions": permissions,
+        "public_metadata": public_metadata if public_metadata is not None else {},
+        "private_metadata": {},
+        "organization": organization,
+        "public_user_data": {
+            "user_id": user_id or new_id("user"),
+            "first_name": first_name,
+            "last_name": "Tester",
+            "profile_image_url": "https://img.clerk.com/fake-user-image",
+            "image_url": "https://img.clerk.com/fake-user-image",
+            "has_image": False,
+            "identifier": identifier,
+        },
+        "created_at": created_at,
+        "updated_at": created_at if updated_at is None else updated_at,
+    }
+    data.update(overrides)
+    return data
+
+
+def event(event_type: str, data: dict[str, Any], timestamp: int | None = None) -> dict[str, Any]:
+    """The envelope Clerk wraps every event in."""
+    return {
+        "data": data,
+        "event_attributes": {
+            "http_request": {"client_ip": "203.0.113.10", "user_agent": "Mozilla/5.0 (test)"}
+        },
+        "instance_id": "ins_2FAKEinstance0000000000000",
+        "object": "event",
+        "timestamp": timestamp if timestamp is not None else data.get("updated_at", BASE_TIME_MS),
+        "type": event_type,
+    }
+
+
+def body_of(payload: dict[str, Any]) -> str:
+    return json.dumps(payload, separators=(",", ":"))
+
+
+def signed_headers(
+    secret: str,
+    body: str | bytes,
+    *,
+    svix_id: str | None = None,
+    at: datetime | None = None,
+) -> dict[str, str]:
+    """Headers exactly as Svix sends them, signed by svix's own ``Webhook.sign``."""
+    svix_id = svix_id or new_svix_id()
+    at = at or datetime.now(UTC)
+    text = body.decode() if isinstance(body, bytes) else body
+    return {
+        "svix-id": svix_id,
+        "svix-timestamp": str(int(at.timestamp())),
+        "svix-signature": Webhook(secret).sign(svix_id, at, text),
+        "content-type": "application/json",
+    }

@@ -1,0 +1,9 @@
+"""Entry point for the ``celery`` command: ``celery -A workers.main worker`` (or ``flower``).
+
+Reading the environment here is this process's start-up; creating the app opens no connection.
+"""
+
+from clerk_sync.settings import Settings
+from workers.app import create_celery_app
+
+app = create_celery_app(Settings.from_env())
