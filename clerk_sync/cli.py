@@ -154,6 +154,7 @@ def dev(host: str, port: int, data_dir: Path) -> None:
         env=env,
     )
     click.echo(f"POST Clerk webhooks to http://{host}:{port}/webhook/clerk")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         run_simple(host, port, create_app(settings), threaded=True)
     finally:

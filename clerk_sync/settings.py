@@ -30,21 +30,31 @@ def parse_webhook_secrets(raw: str) -> tuple[str, ...]:
     """
     secrets = tuple(part for part in re.split(r"[\s,]+", raw.strip()) if part)
     for position, secret in enumerate(secrets, start=1):
-        if not secret.startswith("whsec_"):
-            raise SettingsError(
-                f"CLERK_WEBHOOK_SECRET: secret #{position} must start with 'whsec_' "
-                "(copy the Signing Secret from the Clerk dashboard endpoint page)"
-            )
-        body = secret.removeprefix("whsec_")
-        try:
-            key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
-        except (binascii.Error, ValueError):
-            key = b""
-        if len(key) < 16:
-            raise SettingsError(
-                f"CLERK_WEBHOOK_SECRET: secret #{position} is not a valid 'whsec_' base64 key"
-            )
+        check_webhook_secret(position, secret)
     return secrets
+
+
+def check_webhook_secret(position: int, secret: str) -> None:
+    """Raise ``SettingsError`` unless ``secret`` is a ``whsec_`` base64 key of 16+ bytes.
+
+    Split out of ``parse_webhook_secrets`` so that ``Settings.require_webhook_secrets`` applies
+    the same check to settings built in code: svix would otherwise accept ``"abc"`` as a key, or
+    fail on ``"whsec_"`` with its own ``EmptyWebhookSecretError`` instead of a ``SettingsError``.
+    """
+    if not secret.startswith("whsec_"):
+        raise SettingsError(
+            f"CLERK_WEBHOOK_SECRET: secret #{position} must start with 'whsec_' "
+            "(copy the Signing Secret from the Clerk dashboard endpoint page)"
+        )
+    body = secret.removeprefix("whsec_")
+    try:
+        key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) < 16:
+        raise SettingsError(
+            f"CLERK_WEBHOOK_SECRET: secret #{position} is not a valid 'whsec_' base64 key"
+        )
 
 
 def normalise_database_url(url: str) -> str:
@@ -164,11 +174,15 @@ class Settings:
             )
 
     def require_webhook_secrets(self) -> None:
+        """At least one secret, each well-formed (also when ``Settings`` was built in code and
+        never went through ``parse_webhook_secrets``)."""
         if not self.webhook_secrets:
             raise SettingsError(
                 "CLERK_WEBHOOK_SECRET is not set: the ingress cannot verify webhooks without the "
                 "endpoint's Signing Secret (whsec_...)"
             )
+        for position, secret in enumerate(self.webhook_secrets, start=1):
+            check_webhook_secret(position, secret)
 
     @property
     def uses_redis_broker(self) -> bool:

@@ -18,6 +18,9 @@ log = logging.getLogger("clerk_sync.ingress")
 
 WEBHOOK_PATH = "/webhook/clerk"
 BROKER_RETRY_AFTER_SECONDS = "30"
+MAX_SVIX_ID_LENGTH = 128
+"""``webhook_events.svix_id`` is ``String(128)``: a longer id (even correctly signed) could never
+be recorded by the worker, so it is refused here instead of acknowledged and then lost."""
 
 VERDICT_ERRORS = {
     Verdict.MISSING_HEADERS: (
@@ -47,7 +50,11 @@ def create_app(settings: Settings, publisher: Publisher | None = None) -> Flask:
     queue = publisher if publisher is not None else Publisher(settings)
 
     app = Flask("clerk_sync.ingress")
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # One byte over the limit, and the length checked below: for a body without Content-Length
+    # (chunked, with ``wsgi.input_terminated`` as gunicorn sets it) werkzeug stops reading at
+    # MAX_CONTENT_LENGTH and returns the truncated body without raising, so an oversized body
+    # would be verified (and refused as a bad signature) instead of answered with 413.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
 
     @app.post(WEBHOOK_PATH)
     def receive_webhook() -> Response:
@@ -56,21 +63,30 @@ def create_app(settings: Settings, publisher: Publisher | None = None) -> Flask:
             body = request.get_data(cache=False)
         except RequestEntityTooLarge:
             return _too_large(settings)
+        if len(body) > settings.max_body_bytes:
+            return _too_large(settings)
         verdict = verifier.verify(body, request.headers.items())
         svix_id = request.headers.get("svix-id") or request.headers.get("webhook-id") or ""
         if verdict is not Verdict.VALID:
             code, detail = VERDICT_ERRORS[verdict]
             log.warning("rejected webhook: %s (svix_id=%s)", code, svix_id[:64])
             return error_response(400, code, detail)
+        if len(svix_id) > MAX_SVIX_ID_LENGTH:
+            log.warning("rejected webhook: svix-id longer than %d", MAX_SVIX_ID_LENGTH)
+            return error_response(
+                400, "invalid_svix_id", f"svix-id is longer than {MAX_SVIX_ID_LENGTH} characters"
+            )
 
-        event_type = _event_type(body)
+        # A verified body is valid UTF-8 (svix decodes it to check the signature).
+        payload = body.decode("utf-8")
+        event_type = _event_type(payload)
         if event_type is None:
             log.warning("rejected webhook: malformed payload (svix_id=%s)", svix_id)
             return error_response(
                 400, "malformed_payload", "the body must be a JSON object with a string 'type'"
             )
         try:
-            queue.publish(QueuedEvent(svix_id, body.decode("utf-8"), received_at_ms))
+            queue.publish(QueuedEvent(svix_id, payload, received_at_ms))
         except BrokerUnavailableError as error:
             log.error("broker unavailable, event not accepted (svix_id=%s): %s", svix_id, error)
             return error_response(
@@ -117,10 +133,16 @@ def _too_large(settings: Settings) -> Response:
     )
 
 
-def _event_type(body: bytes) -> str | None:
+def _event_type(payload: str) -> str | None:
+    """The event's ``type``, or None if the worker could not read the payload.
+
+    Parses the decoded text, as the worker does: ``json.loads(bytes)`` would also accept a UTF-8
+    BOM or UTF-16 that the worker's ``json.loads(str)`` rejects. Nesting too deep for the parser
+    raises ``RecursionError``, which is a malformed payload too, not a server error.
+    """
     try:
-        document: Any = json.loads(body)
-    except ValueError:
+        document: Any = json.loads(payload)
+    except (ValueError, RecursionError):
         return None
     if not isinstance(document, dict):
         return None

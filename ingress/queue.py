@@ -58,6 +58,9 @@ def broker_configuration(settings: Settings) -> dict[str, Any]:
     else:
         transport_options = {
             "visibility_timeout": settings.visibility_timeout_seconds,
+            # kombu scans for unacknowledged tasks of vanished workers every interval x throttle
+            # seconds (10 x 10 by default); scan every 10 s so they return soon after the timeout.
+            "unacked_restore_throttle": 1,
             "socket_connect_timeout": settings.broker_publish_timeout_seconds,
             "socket_timeout": max(settings.broker_publish_timeout_seconds, 5.0),
         }

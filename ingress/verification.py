@@ -46,6 +46,9 @@ class SignatureVerifier:
                     return Verdict.STALE_TIMESTAMP
                 continue
             except (ValueError, binascii.Error):
-                return Verdict.BAD_SIGNATURE
+                # Not ``return``: svix compares the entries in order, so an entry it cannot parse
+                # only ends the search for *this* secret; another secret may match an earlier
+                # entry (``v1,<new> v1,<junk>`` with secrets old, new).
+                continue
             return Verdict.VALID
         return Verdict.BAD_SIGNATURE

@@ -20,10 +20,15 @@ def make_engine(url: str, *, lock_timeout_ms: int = 10_000, **engine_options: An
     SQLite transactions start with ``BEGIN IMMEDIATE`` so that concurrent writers queue on the
     database lock instead of failing when a read transaction is upgraded to a write. PostgreSQL
     sessions get a ``lock_timeout`` so a stuck lock surfaces as a retryable error, not a hang.
+    Statement parameters are kept out of error messages: they hold names and email addresses,
+    and errors end up in logs.
     """
     if url.startswith("sqlite"):
         engine = create_engine(
-            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}, **engine_options
+            url,
+            hide_parameters=True,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
+            **engine_options,
         )
         _use_immediate_transactions(engine)
         return engine
@@ -31,7 +36,13 @@ def make_engine(url: str, *, lock_timeout_ms: int = 10_000, **engine_options: An
     if url.startswith("postgresql"):
         connect_args["options"] = f"-c lock_timeout={lock_timeout_ms}"
         connect_args["connect_timeout"] = 10
-    return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **engine_options)
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        hide_parameters=True,
+        connect_args=connect_args,
+        **engine_options,
+    )
 
 
 def _use_immediate_transactions(engine: Engine) -> None:

@@ -86,7 +86,7 @@ def pg_engine(postgres_url: str) -> Iterator[Engine]:
 @pytest.fixture(params=["postgresql", "sqlite"])
 def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
     """Each test using this runs once on PostgreSQL and once on SQLite."""
-    url = request.getfixturevalue(f"{request.param}_url")
+    url = request.getfixturevalue("postgres_url" if request.param == "postgresql" else "sqlite_url")
     engine = make_engine(url)
     empty_tables(engine)
     yield engine

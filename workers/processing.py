@@ -43,9 +43,7 @@ def describe_event(svix_id: str, payload: str, received_at_ms: int) -> IncomingE
     if isinstance(document, dict):
         raw_type = document.get("type")
         event_type = raw_type[:128] if isinstance(raw_type, str) else None
-        raw_timestamp = document.get("timestamp")
-        if isinstance(raw_timestamp, int) and not isinstance(raw_timestamp, bool):
-            event_timestamp = to_milliseconds(raw_timestamp)
+        event_timestamp = _storable_timestamp(document.get("timestamp"))
     return IncomingEvent(
         svix_id=svix_id,
         payload=payload,
@@ -53,6 +51,22 @@ def describe_event(svix_id: str, payload: str, received_at_ms: int) -> IncomingE
         event_type=event_type,
         event_timestamp=event_timestamp,
     )
+
+
+BIGINT_RANGE = range(-(2**63), 2**63)
+"""What ``webhook_events.event_timestamp`` (BIGINT) can hold."""
+
+
+def _storable_timestamp(raw: Any) -> int | None:
+    """The envelope time in milliseconds, or None when it is not an integer or would not fit the
+    column. Like the cut-down ``event_type``, this keeps the inbox row writable whatever the
+    payload says: an out-of-range timestamp used to make ``claim_event`` itself fail, so the
+    event was never recorded (nor dead-lettered) and the task failed with a non-transient error.
+    """
+    if not isinstance(raw, int) or isinstance(raw, bool):
+        return None
+    milliseconds = to_milliseconds(raw)
+    return milliseconds if milliseconds in BIGINT_RANGE else None
 
 
 def apply_event(engine: Engine, event: IncomingEvent, workspace_key: str) -> str:

@@ -1,0 +1,93 @@
+"""The broker side of the ingress: a broker that is down means 503 (so Svix retries), never a
+silent 202, and the probes tell the two cases apart."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+from flask.testing import FlaskClient
+
+from clerk_sync.settings import Settings
+from ingress import create_app
+from tests.conftest import WEBHOOK_SECRET
+from tests.factories import signed_headers
+from tests.ingress.conftest import (
+    CLOSED_BROKER_URL,
+    WEBHOOK_PATH,
+    assert_error,
+    assert_nothing_enqueued,
+    ledger_ids,
+    org_body,
+)
+
+
+@pytest.fixture
+def down_client(settings: Settings) -> FlaskClient:
+    return create_app(settings.with_overrides(broker_url=CLOSED_BROKER_URL)).test_client()
+
+
+def test_broker_down_is_503_with_retry_after(
+    down_client: FlaskClient, settings: Settings, redis_client: redis.Redis[bytes]
+) -> None:
+    for _ in range(2):
+        body = org_body()
+        started = time.monotonic()
+        response = down_client.post(
+            WEBHOOK_PATH, data=body, headers=signed_headers(WEBHOOK_SECRET, body)
+        )
+        assert time.monotonic() - started < 5
+        assert_error(response, 503, "broker_unavailable")
+        retry_after = response.headers.get("Retry-After")
+        assert retry_after is not None
+        assert retry_after.isdigit()
+        assert int(retry_after) > 0
+    # The real Redis (where a working broker would have put it) holds nothing either.
+    assert_nothing_enqueued(redis_client, settings)
+
+
+def test_broker_down_still_refuses_bad_requests_first(
+    down_client: FlaskClient, settings: Settings, redis_client: redis.Redis[bytes]
+) -> None:
+    """Verification does not need the broker: a forged request is 400, not 503."""
+    body = org_body()
+    headers = signed_headers(WEBHOOK_SECRET, body)
+    assert_error(
+        down_client.post(WEBHOOK_PATH, data=body + " ", headers=headers), 400, "invalid_signature"
+    )
+    assert_nothing_enqueued(redis_client, settings)
+
+
+def test_probes_with_broker_down(down_client: FlaskClient) -> None:
+    assert down_client.get("/healthz").status_code == 200
+    assert down_client.get("/healthz").get_json() == {"status": "ok"}
+    started = time.monotonic()
+    response = down_client.get("/readyz")
+    assert time.monotonic() - started < 5
+    assert_error(response, 503, "broker_unavailable")
+    assert response.headers.get("Retry-After", "").isdigit()
+
+
+def test_probes_with_real_redis(client: FlaskClient) -> None:
+    assert client.get("/healthz").status_code == 200
+    response = client.get("/readyz")
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json() == {"status": "ready"}
+
+
+def test_recovers_once_the_broker_is_back(
+    client: FlaskClient,
+    down_client: FlaskClient,
+    settings: Settings,
+    redis_client: redis.Redis[bytes],
+) -> None:
+    """The retry Svix makes after a 503 (same svix-id, same body) is queued normally."""
+    body = org_body()
+    headers = signed_headers(WEBHOOK_SECRET, body)
+    assert_error(
+        down_client.post(WEBHOOK_PATH, data=body, headers=headers), 503, "broker_unavailable"
+    )
+    response = client.post(WEBHOOK_PATH, data=body, headers=headers)
+    assert response.status_code == 202
+    assert ledger_ids(redis_client) == {headers["svix-id"]}

@@ -1,0 +1,131 @@
+"""Helpers for the models tests: deliver events through the worker's real code path and read
+tables back as plain dicts.
+
+Everything goes through ``workers.processing.describe_event`` + ``apply_event``, exactly as the
+Celery task does, so these tests exercise the handlers, the inbox and the mutations together.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, Table, select
+
+from models.tables import (
+    organization_memberships,
+    organizations,
+    tombstones,
+    webhook_events,
+)
+from tests.factories import BASE_TIME_MS, body_of, new_svix_id
+from workers.processing import apply_event, describe_event
+
+WORKSPACE_KEY = "convexWorkspaceId"
+RECEIVED_AT_MS = BASE_TIME_MS + 86_400_000
+
+
+def deliver(
+    engine: Engine,
+    payload: dict[str, Any] | str,
+    *,
+    svix_id: str | None = None,
+    workspace_key: str = WORKSPACE_KEY,
+    received_at_ms: int = RECEIVED_AT_MS,
+) -> str:
+    """Apply one webhook body as the worker does; returns the inbox status afterwards."""
+    body = payload if isinstance(payload, str) else body_of(payload)
+    return apply_event(
+        engine,
+        describe_event(svix_id or new_svix_id(), body, received_at_ms),
+        workspace_key,
+    )
+
+
+def rows(engine: Engine, table: Table, *, without: tuple[str, ...] = ("synced_at",)) -> list[dict]:
+    """All rows of ``table`` as dicts, ordered by primary key, minus the ``without`` columns."""
+    key = list(table.primary_key.columns)
+    with engine.connect() as connection:
+        result = connection.execute(select(table).order_by(*key)).mappings().all()
+    return [{k: v for k, v in row.items() if k not in without} for row in result]
+
+
+def organization_rows(engine: Engine) -> list[dict]:
+    return rows(engine, organizations)
+
+
+def membership_rows(engine: Engine) -> list[dict]:
+    return rows(engine, organization_memberships)
+
+
+def synced_state(engine: Engine) -> tuple[list[dict], list[dict]]:
+    """What other applications read: organizations and memberships, without ``synced_at``."""
+    return organization_rows(engine), membership_rows(engine)
+
+
+def organization_row(engine: Engine, organization_id: str) -> dict | None:
+    found = [row for row in organization_rows(engine) if row["id"] == organization_id]
+    return found[0] if found else None
+
+
+def membership_row(engine: Engine, membership_id: str) -> dict | None:
+    found = [row for row in membership_rows(engine) if row["id"] == membership_id]
+    return found[0] if found else None
+
+
+def tombstone_rows(engine: Engine) -> list[dict]:
+    return rows(engine, tombstones)
+
+
+def tombstone_row(engine: Engine, entity_type: str, entity_id: str) -> dict | None:
+    found = [
+        row
+        for row in tombstone_rows(engine)
+        if row["entity_type"] == entity_type and row["entity_id"] == entity_id
+    ]
+    return found[0] if found else None
+
+
+def inbox_row(engine: Engine, svix_id: str) -> dict | None:
+    found = [row for row in rows(engine, webhook_events, without=()) if row["svix_id"] == svix_id]
+    return found[0] if found else None
+
+
+def workspace_of(public_metadata: dict[str, Any], key: str = WORKSPACE_KEY) -> str | None:
+    """The documented rule: public_metadata[key] as text, null when absent or empty."""
+    value = public_metadata.get(key)
+    return None if value is None or value == "" else str(value)
+
+
+def expected_organization(data: dict[str, Any], workspace_key: str = WORKSPACE_KEY) -> dict:
+    """The row an organization payload (``data`` of organization.created) should produce."""
+    return {
+        "id": data["id"],
+        "name": data["name"],
+        "slug": data["slug"],
+        "image_url": data["image_url"],
+        "workspace_id": workspace_of(data["public_metadata"], workspace_key),
+        "public_metadata": data["public_metadata"],
+        "created_by": data["created_by"],
+        "max_allowed_memberships": data["max_allowed_memberships"],
+        "created_at": data["created_at"],
+        "updated_at": data["updated_at"],
+    }
+
+
+def expected_membership(data: dict[str, Any]) -> dict:
+    """The row a membership payload (``data`` of organizationMembership.created) should produce."""
+    user = data["public_user_data"]
+    return {
+        "id": data["id"],
+        "organization_id": data["organization"]["id"],
+        "user_id": user["user_id"],
+        "role": data["role"],
+        "permissions": data["permissions"],
+        "identifier": user["identifier"],
+        "first_name": user["first_name"],
+        "last_name": user["last_name"],
+        "image_url": user["image_url"],
+        "public_metadata": data["public_metadata"],
+        "created_at": data["created_at"],
+        "updated_at": data["updated_at"],
+    }

@@ -1,0 +1,121 @@
+"""Property: whatever order and however often Svix delivers a history, the synced tables end up as
+if every event had arrived once, in order (and that equals what Clerk holds)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import event as hypothesis_event
+from hypothesis import strategies as st
+from sqlalchemy import Engine
+
+from tests.conftest import empty_tables
+from tests.models.histories import ClerkHistory, Delivery
+from tests.models.support import WORKSPACE_KEY, synced_state
+from workers.processing import apply_event, describe_event
+
+RECEIVED_AT_MS = 1_800_000_000_000
+
+# Weighted: deletions of whole organizations are rarer than everyday changes.
+KINDS = st.sampled_from([0, 1, 1, 2, 2, 2, 2, 3, 3, 4, 4, 5, 5, 6])
+
+ACTION = st.tuples(
+    KINDS,
+    st.integers(min_value=0, max_value=11),
+    st.integers(min_value=0, max_value=59),
+    st.sampled_from([1, 1, 2, 1000, 60_000]),
+)
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> ClerkHistory:
+    history = ClerkHistory(
+        organization_slots=draw(st.integers(min_value=2, max_value=4)),
+        user_count=draw(st.integers(min_value=2, max_value=4)),
+    )
+    for action in draw(st.lists(ACTION, min_size=1, max_size=24)):
+        history.perform(*action)
+    return history
+
+
+@st.composite
+def deliveries(draw: st.DrawFn, events: list[Delivery]) -> list[Delivery]:
+    """Every event at least once, some redelivered under the same svix id, some re-sent under a
+    second svix id (the same payload), then shuffled."""
+    sent = list(events)
+    for original in events:
+        if draw(st.integers(min_value=0, max_value=5)) == 0:
+            sent.append(original)
+        if draw(st.integers(min_value=0, max_value=7)) == 0:
+            sent.append(Delivery(f"{original.svix_id}_again", original.body, original.label))
+    return draw(st.permutations(sent))
+
+
+def apply_all(engine: Engine, sent: list[Delivery]) -> None:
+    for delivery in sent:
+        status = apply_event(
+            engine, describe_event(delivery.svix_id, delivery.body, RECEIVED_AT_MS), WORKSPACE_KEY
+        )
+        assert status == "applied", (delivery, status)
+
+
+def test_any_delivery_order_converges_to_in_order_state(engine: Engine) -> None:
+    non_trivial: list[bool] = []
+
+    @settings(
+        max_examples=60,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+        database=None,
+    )
+    @given(data=st.data(), history=histories())
+    def converges(data: Any, history: ClerkHistory) -> None:
+        note(f"history: {history.events}")
+        empty_tables(engine)
+        apply_all(engine, history.events)
+        in_order = synced_state(engine)
+        assert in_order == (history.expected_organizations(), history.expected_memberships())
+
+        sent = data.draw(deliveries(history.events), label="deliveries")
+        empty_tables(engine)
+        apply_all(engine, sent)
+        assert synced_state(engine) == in_order
+
+        organizations, memberships = in_order
+        non_trivial.append(bool(organizations and memberships))
+        hypothesis_event(f"memberships in final state: {min(len(memberships), 3)}")
+
+    converges()
+    assert sum(non_trivial) >= len(non_trivial) // 2, "histories were mostly trivial"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_reversed_delivery_converges(engine: Engine, seed: int) -> None:
+    """A deterministic worst case: every history delivered newest first."""
+    history = ClerkHistory(organization_slots=3, user_count=3, start=seed)
+    plan = [
+        (0, 0, 1, 1),
+        (2, 0, 1, 1),
+        (0, 1, 2, 1),
+        (2, 1, 2, 1000),
+        (1, seed, 4, 1),
+        (5, seed, 1, 1),
+        (3, 1, 2, 1),
+        (5, 0, 5, 60_000),
+        (1, 1, 2, 1),
+        (4, seed, 0, 1),
+        (6, seed + 1, 0, 1),
+        (2, 0, 2, 1),
+    ]
+    for action in plan:
+        history.perform(*action)
+    apply_all(engine, history.events)
+    in_order = synced_state(engine)
+    assert in_order == (history.expected_organizations(), history.expected_memberships())
+    assert in_order[0], "the plan leaves a live organization"
+
+    empty_tables(engine)
+    apply_all(engine, list(reversed(history.events)))
+    assert synced_state(engine) == in_order

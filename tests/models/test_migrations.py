@@ -1,0 +1,114 @@
+"""``clerk-sync db upgrade``: migrations bring a brand-new database to head, idempotently, and
+the schema they build is exactly ``models.tables.metadata``."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from click.testing import CliRunner
+from sqlalchemy import create_engine, inspect, text
+
+from clerk_sync.cli import main
+from models.migrate import alembic_config, current_revision_is_head, upgrade
+from models.tables import metadata
+from tests.conftest import POSTGRES_ADMIN_URL
+from tests.factories import event, organization_data
+from tests.models.support import deliver, organization_rows
+
+
+@pytest.fixture
+def blank_postgresql_url() -> Iterator[str]:
+    """A brand-new, empty PostgreSQL database, dropped afterwards."""
+    name = f"clerk_sync_migrate_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def blank_sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'brand-new.db'}"
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def blank_url(request: pytest.FixtureRequest) -> str:
+    """A database nothing has touched yet, on each dialect."""
+    return str(request.getfixturevalue(f"blank_{request.param}_url"))
+
+
+def schema_differences(url: str) -> list[object]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(
+                connection, opts={"compare_type": True, "compare_server_default": True}
+            )
+            return list(compare_metadata(context, metadata))
+    finally:
+        engine.dispose()
+
+
+def table_names(url: str) -> set[str]:
+    engine = create_engine(url)
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_brings_a_brand_new_database_to_head(blank_url: str) -> None:
+    assert table_names(blank_url) == set()
+    assert not current_revision_is_head(blank_url)
+
+    upgrade(blank_url)
+
+    assert current_revision_is_head(blank_url)
+    assert table_names(blank_url) == set(metadata.tables) | {"alembic_version"}
+    heads = ScriptDirectory.from_config(alembic_config(blank_url)).get_heads()
+    assert len(heads) == 1, "migrations must not branch"
+
+
+def test_migrated_schema_matches_the_models(blank_url: str) -> None:
+    upgrade(blank_url)
+
+    assert schema_differences(blank_url) == []
+
+
+def test_upgrading_twice_is_harmless_and_keeps_data(blank_url: str) -> None:
+    from models.database import make_engine
+
+    upgrade(blank_url)
+    engine = make_engine(blank_url)
+    try:
+        deliver(engine, event("organization.created", organization_data("org_1")))
+
+        upgrade(blank_url)
+
+        assert current_revision_is_head(blank_url)
+        assert [row["id"] for row in organization_rows(engine)] == ["org_1"]
+    finally:
+        engine.dispose()
+    assert schema_differences(blank_url) == []
+
+
+def test_cli_db_upgrade_migrates_the_configured_database(blank_url: str) -> None:
+    runner = CliRunner()
+    for _ in range(2):
+        result = runner.invoke(main, ["db", "upgrade"], env={"DATABASE_URL": blank_url})
+        assert result.exit_code == 0, result.output
+        assert "database at revision head" in result.output
+
+    assert current_revision_is_head(blank_url)
+    assert schema_differences(blank_url) == []

@@ -1,0 +1,88 @@
+"""The ledger of accepted events closes the window in which kombu's Redis transport can lose a
+message: whatever the ingress acknowledged but the inbox never finished is published again."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import Engine
+
+from clerk_sync.settings import Settings
+from ingress.queue import LEDGER_DUE_KEY, LEDGER_MESSAGES_KEY
+from tests.conftest import queue_length, wait_for
+from tests.factories import event, organization_data
+from tests.workers.conftest import Send, inbox_row
+from workers.app import create_celery_app, sweep
+
+pytestmark = pytest.mark.worker
+
+
+def overdue(settings: Settings) -> float:
+    return time.time() + settings.ledger_redeliver_after_seconds + 1
+
+
+def test_accepted_event_is_in_the_ledger_until_its_outcome_is_committed(
+    settings: Settings,
+    pg_engine: Engine,
+    redis_client: redis.Redis[bytes],
+    send: Send,
+    start_worker: Any,
+) -> None:
+    svix_id = send(event("organization.created", organization_data("org_kept")))
+    assert redis_client.zscore(LEDGER_DUE_KEY, svix_id) is not None
+    assert redis_client.hexists(LEDGER_MESSAGES_KEY, svix_id)
+
+    start_worker(settings)
+    wait_for(lambda: (row := inbox_row(pg_engine, svix_id)) and row["status"] == "applied")
+    wait_for(lambda: redis_client.zcard(LEDGER_DUE_KEY) == 0, 10)
+    assert redis_client.hlen(LEDGER_MESSAGES_KEY) == 0
+
+
+def test_sweeper_republishes_an_event_whose_message_was_lost(
+    settings: Settings,
+    pg_engine: Engine,
+    redis_client: redis.Redis[bytes],
+    send: Send,
+    start_worker: Any,
+) -> None:
+    svix_id = send(event("organization.created", organization_data("org_lost", name="Lost")))
+    redis_client.delete(settings.queue_name)  # the message a killed worker took with it
+    runtime = create_celery_app(settings).clerk_sync_runtime
+
+    assert sweep(runtime, now=time.time()) == 0, "not yet overdue: left alone"
+    assert queue_length(redis_client, settings.queue_name) == 0
+
+    assert sweep(runtime, now=overdue(settings)) == 1
+    assert queue_length(redis_client, settings.queue_name) == 1
+    assert sweep(runtime, now=overdue(settings)) == 0, "postponed after re-publishing"
+
+    start_worker(settings)
+    applied = wait_for(
+        lambda: (row := inbox_row(pg_engine, svix_id)) and row["status"] == "applied" and row
+    )
+    assert applied["attempts"] == 1
+    wait_for(lambda: redis_client.zcard(LEDGER_DUE_KEY) == 0, 10)
+
+
+def test_sweeper_drops_entries_whose_event_is_already_finished(
+    settings: Settings,
+    pg_engine: Engine,
+    redis_client: redis.Redis[bytes],
+    send: Send,
+    start_worker: Any,
+) -> None:
+    worker = start_worker(settings)
+    svix_id = send(event("organization.created", organization_data("org_done")))
+    wait_for(lambda: (row := inbox_row(pg_engine, svix_id)) and row["status"] == "applied")
+    worker.stop()
+    send(event("organization.created", organization_data("org_done")), svix_id=svix_id)
+    redis_client.delete(settings.queue_name)
+    assert redis_client.zcard(LEDGER_DUE_KEY) == 1
+
+    runtime = create_celery_app(settings).clerk_sync_runtime
+    assert sweep(runtime, now=overdue(settings)) == 0
+    assert redis_client.zcard(LEDGER_DUE_KEY) == 0
+    assert queue_length(redis_client, settings.queue_name) == 0
