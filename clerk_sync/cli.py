@@ -13,6 +13,8 @@ from typing import Any
 
 import click
 
+from clerk_sync.logs import configure_logging
+from clerk_sync.process import use_multiprocess_metrics
 from clerk_sync.settings import Settings, SettingsError
 
 
@@ -51,15 +53,17 @@ def db_upgrade(revision: str) -> None:
 @click.option("--threads", type=int, default=4, show_default=True)
 def ingress(bind: str, worker_count: int, threads: int) -> None:
     """Serve the webhook endpoint under gunicorn."""
-    from gunicorn.app.base import BaseApplication
-
-    from ingress import create_app
-
     settings = load_settings()
     try:
         settings.require_webhook_secrets()
     except SettingsError as error:
         raise click.ClickException(str(error)) from None
+    configure_logging(settings.log_format)
+    use_multiprocess_metrics()
+
+    from gunicorn.app.base import BaseApplication
+
+    from ingress import create_app
 
     class IngressServer(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -69,7 +73,6 @@ def ingress(bind: str, worker_count: int, threads: int) -> None:
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("timeout", 30)
             self.cfg.set("graceful_timeout", 20)
-            self.cfg.set("accesslog", "-")
 
         def load(self) -> Any:
             return create_app(settings)
@@ -83,9 +86,10 @@ def ingress(bind: str, worker_count: int, threads: int) -> None:
 @click.pass_context
 def worker(ctx: click.Context, concurrency: int | None, beat: bool) -> None:
     """Run a Celery worker consuming the event queue (extra options go to Celery)."""
+    settings = load_settings()
+    use_multiprocess_metrics()
     from workers.app import create_celery_app
 
-    settings = load_settings()
     app = create_celery_app(settings)
     argv = ["worker", "--loglevel=INFO", f"--queues={settings.queue_name}"]
     if concurrency is not None:
@@ -93,6 +97,17 @@ def worker(ctx: click.Context, concurrency: int | None, beat: bool) -> None:
     if beat:
         argv.append("--beat")
     app.worker_main([*argv, *ctx.args])
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--port", type=int, default=5555, show_default=True)
+@click.pass_context
+def flower(ctx: click.Context, port: int) -> None:
+    """Run Flower, the Celery dashboard, for this queue (set FLOWER_BASIC_AUTH=user:password)."""
+    from workers.app import create_celery_app
+
+    app = create_celery_app(load_settings())
+    app.start(["flower", f"--port={port}", *ctx.args])
 
 
 @main.command()
@@ -129,6 +144,8 @@ def dev(host: str, port: int, data_dir: Path) -> None:
     env.setdefault("DATABASE_URL", f"sqlite:///{(data_dir / 'clerk-sync.db').resolve()}")
     env["CELERY_BROKER_URL"] = "filesystem://"
     env["CLERK_SYNC_BROKER_DIR"] = str(broker_dir.resolve())
+    env.setdefault("CLERK_SYNC_LOG_FORMAT", "console")
+    env.setdefault("CLERK_SYNC_WORKER_METRICS_PORT", "0")
     if not env.get("CLERK_WEBHOOK_SECRET", "").strip():
         env["CLERK_WEBHOOK_SECRET"] = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
         click.echo(f"Generated a development signing secret: {env['CLERK_WEBHOOK_SECRET']}")
@@ -137,21 +154,11 @@ def dev(host: str, port: int, data_dir: Path) -> None:
     except SettingsError as error:
         raise click.ClickException(str(error)) from None
 
+    configure_logging(settings.log_format)
     upgrade(settings.database_url)
     click.echo(f"Database: {settings.database_url}")
     worker_process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.main",
-            "worker",
-            "--pool=solo",
-            "--loglevel=INFO",
-            f"--queues={settings.queue_name}",
-        ],
-        env=env,
+        [sys.executable, "-m", "clerk_sync", "worker", "--pool=solo"], env=env
     )
     click.echo(f"POST Clerk webhooks to http://{host}:{port}/webhook/clerk")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -160,3 +167,13 @@ def dev(host: str, port: int, data_dir: Path) -> None:
     finally:
         worker_process.send_signal(signal.SIGTERM)
         worker_process.wait(timeout=30)
+
+
+from clerk_sync.operations import COMMANDS as OPERATOR_COMMANDS  # noqa: E402 - after `main`
+
+for command in OPERATOR_COMMANDS:
+    main.add_command(command)
+
+from clerk_sync.reconcile_cli import reconcile_command  # noqa: E402 - after `main`
+
+main.add_command(reconcile_command)

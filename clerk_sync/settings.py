@@ -17,6 +17,7 @@ from typing import Self
 
 DEFAULT_DATABASE_URL = "sqlite:///clerk-sync.db"
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_CLERK_API_URL = "https://api.clerk.com"
 
 
 class SettingsError(ValueError):
@@ -57,6 +58,25 @@ def check_webhook_secret(position: int, secret: str) -> None:
         )
 
 
+def parse_clerk_secret_key(raw: str) -> str:
+    """``CLERK_SECRET_KEY`` (``sk_test_…``/``sk_live_…``), or "" when unset."""
+    key = raw.strip()
+    if key and (not key.startswith("sk_") or any(char.isspace() for char in key)):
+        raise SettingsError(
+            "CLERK_SECRET_KEY: must be a Clerk secret key starting with 'sk_' "
+            "(Clerk dashboard → API keys)"
+        )
+    return key
+
+
+def parse_clerk_api_url(raw: str) -> str:
+    """``CLERK_API_URL`` without a trailing slash; the ``/v1/...`` paths are added to it."""
+    url = raw.strip().rstrip("/") or DEFAULT_CLERK_API_URL
+    if not re.match(r"^https?://[^/\s]+(/\S*)?$", url):
+        raise SettingsError("CLERK_API_URL: expected an http(s) URL such as https://api.clerk.com")
+    return url
+
+
 def normalise_database_url(url: str) -> str:
     """Route plain PostgreSQL URLs to psycopg 3, the driver we install."""
     for prefix in ("postgres://", "postgresql://"):
@@ -76,6 +96,14 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     if value < minimum:
         raise SettingsError(f"{name}: must be at least {minimum}, got {value}")
     return value
+
+
+def _optional_int(env: Mapping[str, str], name: str, minimum: int) -> int | None:
+    """A whole number of at least ``minimum``, or None when unset or blank."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    return _int(env, name, minimum, minimum)
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -101,7 +129,15 @@ class Settings:
     broker_filesystem_dir: str = ".clerk-sync-broker"
     queue_name: str = "clerk-sync"
     max_body_bytes: int = 1024 * 1024
+    body_timeout_seconds: float = 10.0
+    """The ingress answers 408 when a request body stops arriving for this long."""
     workspace_metadata_key: str = "convexWorkspaceId"
+    clerk_secret_key: str = field(default="", repr=False)
+    """Backend API key for ``reconcile``; "" when unset. Never logged or printed."""
+    clerk_api_url: str = DEFAULT_CLERK_API_URL
+    clerk_api_max_requests_per_second: float = 5.0
+    reconcile_interval_minutes: int | None = None
+    """Beat runs ``reconcile`` this often; None (the default) never does."""
     max_retries: int = 8
     retry_backoff_seconds: float = 2.0
     retry_backoff_max_seconds: float = 120.0
@@ -110,6 +146,10 @@ class Settings:
     db_lock_timeout_ms: int = 10_000
     ledger_redeliver_after_seconds: int = 600
     ledger_sweep_interval_seconds: int = 60
+    purge_after_days: int | None = None
+    """Beat deletes applied and skipped events older than this; None (the default) never does."""
+    log_format: str = "json"
+    worker_metrics_port: int = 9808
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
@@ -125,8 +165,21 @@ class Settings:
             or defaults.broker_filesystem_dir,
             queue_name=env.get("CLERK_SYNC_QUEUE", "").strip() or defaults.queue_name,
             max_body_bytes=_int(env, "CLERK_SYNC_MAX_BODY_BYTES", defaults.max_body_bytes, 1),
+            body_timeout_seconds=_float(
+                env, "CLERK_SYNC_BODY_TIMEOUT_SECONDS", defaults.body_timeout_seconds
+            ),
             workspace_metadata_key=env.get("CLERK_SYNC_WORKSPACE_METADATA_KEY", "").strip()
             or defaults.workspace_metadata_key,
+            clerk_secret_key=parse_clerk_secret_key(env.get("CLERK_SECRET_KEY", "")),
+            clerk_api_url=parse_clerk_api_url(env.get("CLERK_API_URL", "")),
+            clerk_api_max_requests_per_second=_float(
+                env,
+                "CLERK_API_MAX_REQUESTS_PER_SECOND",
+                defaults.clerk_api_max_requests_per_second,
+            ),
+            reconcile_interval_minutes=_optional_int(
+                env, "CLERK_SYNC_RECONCILE_INTERVAL_MINUTES", 1
+            ),
             max_retries=_int(env, "CLERK_SYNC_MAX_RETRIES", defaults.max_retries),
             retry_backoff_seconds=_float(
                 env, "CLERK_SYNC_RETRY_BACKOFF_SECONDS", defaults.retry_backoff_seconds
@@ -160,9 +213,23 @@ class Settings:
                 defaults.ledger_sweep_interval_seconds,
                 1,
             ),
+            purge_after_days=_optional_int(env, "CLERK_SYNC_PURGE_AFTER_DAYS", 1),
+            log_format=cls._log_format(env),
+            worker_metrics_port=_int(
+                env, "CLERK_SYNC_WORKER_METRICS_PORT", defaults.worker_metrics_port
+            ),
         )
         settings.check_retry_window()
         return settings
+
+    @staticmethod
+    def _log_format(env: Mapping[str, str]) -> str:
+        value = env.get("CLERK_SYNC_LOG_FORMAT", "").strip().lower() or "json"
+        if value not in ("json", "console"):
+            raise SettingsError(
+                f"CLERK_SYNC_LOG_FORMAT: expected 'json' or 'console', got {value!r}"
+            )
+        return value
 
     def check_retry_window(self) -> None:
         """A retry countdown longer than the visibility timeout makes Redis redeliver the held
@@ -183,6 +250,15 @@ class Settings:
             )
         for position, secret in enumerate(self.webhook_secrets, start=1):
             check_webhook_secret(position, secret)
+
+    def require_clerk_secret_key(self) -> None:
+        """``reconcile`` reads Clerk's Backend API, which needs the instance's secret key."""
+        if not self.clerk_secret_key:
+            raise SettingsError(
+                "CLERK_SECRET_KEY is not set: reconcile reads Clerk's Backend API with the "
+                "instance's secret key (sk_...)"
+            )
+        parse_clerk_secret_key(self.clerk_secret_key)
 
     @property
     def uses_redis_broker(self) -> bool:

@@ -8,9 +8,11 @@ import time
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from prometheus_client import CONTENT_TYPE_LATEST
+from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
 from clerk_sync.settings import Settings
+from ingress.metrics import IngressMetrics
 from ingress.queue import BrokerUnavailableError, Publisher, QueuedEvent
 from ingress.verification import SignatureVerifier, Verdict
 
@@ -21,6 +23,12 @@ BROKER_RETRY_AFTER_SECONDS = "30"
 MAX_SVIX_ID_LENGTH = 128
 """``webhook_events.svix_id`` is ``String(128)``: a longer id (even correctly signed) could never
 be recorded by the worker, so it is refused here instead of acknowledged and then lost."""
+
+VERDICT_OUTCOMES = {
+    Verdict.MISSING_HEADERS: "missing_headers",
+    Verdict.STALE_TIMESTAMP: "stale",
+    Verdict.BAD_SIGNATURE: "bad_signature",
+}
 
 VERDICT_ERRORS = {
     Verdict.MISSING_HEADERS: (
@@ -48,6 +56,7 @@ def create_app(settings: Settings, publisher: Publisher | None = None) -> Flask:
     settings.require_webhook_secrets()
     verifier = SignatureVerifier(settings.webhook_secrets)
     queue = publisher if publisher is not None else Publisher(settings)
+    metrics = IngressMetrics()
 
     app = Flask("clerk_sync.ingress")
     # One byte over the limit, and the length checked below: for a body without Content-Length
@@ -58,47 +67,70 @@ def create_app(settings: Settings, publisher: Publisher | None = None) -> Flask:
 
     @app.post(WEBHOOK_PATH)
     def receive_webhook() -> Response:
+        started = time.perf_counter()
+        response, outcome = handle_webhook()
+        metrics.requests.labels(outcome).inc()
+        metrics.latency.observe(time.perf_counter() - started)
+        return response
+
+    def handle_webhook() -> tuple[Response, str]:
         received_at_ms = int(time.time() * 1000)
+        _limit_body_wait(settings.body_timeout_seconds)
         try:
             body = request.get_data(cache=False)
         except RequestEntityTooLarge:
-            return _too_large(settings)
+            return _too_large(settings), "too_large"
+        except ClientDisconnected:
+            log.warning("webhook rejected", extra={"reason": "request_timeout"})
+            return error_response(
+                408, "request_timeout", "the request body stopped arriving"
+            ), "body_timeout"
         if len(body) > settings.max_body_bytes:
-            return _too_large(settings)
+            return _too_large(settings), "too_large"
         verdict = verifier.verify(body, request.headers.items())
         svix_id = request.headers.get("svix-id") or request.headers.get("webhook-id") or ""
         if verdict is not Verdict.VALID:
             code, detail = VERDICT_ERRORS[verdict]
-            log.warning("rejected webhook: %s (svix_id=%s)", code, svix_id[:64])
-            return error_response(400, code, detail)
+            log.warning("webhook rejected", extra={"reason": code, "svix_id": svix_id[:64]})
+            return error_response(400, code, detail), VERDICT_OUTCOMES[verdict]
         if len(svix_id) > MAX_SVIX_ID_LENGTH:
-            log.warning("rejected webhook: svix-id longer than %d", MAX_SVIX_ID_LENGTH)
+            log.warning("webhook rejected", extra={"reason": "invalid_svix_id"})
             return error_response(
                 400, "invalid_svix_id", f"svix-id is longer than {MAX_SVIX_ID_LENGTH} characters"
-            )
+            ), "malformed"
 
         # A verified body is valid UTF-8 (svix decodes it to check the signature).
         payload = body.decode("utf-8")
         event_type = _event_type(payload)
         if event_type is None:
-            log.warning("rejected webhook: malformed payload (svix_id=%s)", svix_id)
+            log.warning(
+                "webhook rejected", extra={"reason": "malformed_payload", "svix_id": svix_id}
+            )
             return error_response(
                 400, "malformed_payload", "the body must be a JSON object with a string 'type'"
-            )
+            ), "malformed"
         try:
             queue.publish(QueuedEvent(svix_id, payload, received_at_ms))
         except BrokerUnavailableError as error:
-            log.error("broker unavailable, event not accepted (svix_id=%s): %s", svix_id, error)
+            log.error(
+                "broker unavailable, event not accepted",
+                extra={"svix_id": svix_id, "event_type": event_type, "error": str(error)},
+            )
             return error_response(
                 503,
                 "broker_unavailable",
                 "the event could not be queued; retry later",
                 **{"Retry-After": BROKER_RETRY_AFTER_SECONDS},
-            )
-        log.info("queued %s (svix_id=%s)", event_type, svix_id)
+            ), "broker_down"
+        metrics.events.labels(event_type[:64]).inc()
+        log.info("event queued", extra={"svix_id": svix_id, "event_type": event_type})
         response = jsonify(status="queued", svix_id=svix_id)
         response.status_code = 202
-        return response
+        return response, "accepted"
+
+    @app.get("/metrics")
+    def prometheus_metrics() -> Response:
+        return Response(metrics.exposition(), mimetype=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -125,6 +157,16 @@ def create_app(settings: Settings, publisher: Publisher | None = None) -> Flask:
         )
 
     return app
+
+
+def _limit_body_wait(seconds: float) -> None:
+    """Under gunicorn, bound every wait for more of the body. A client that stops sending (hung,
+    or a half-open connection) would otherwise hold a server thread for ever; werkzeug turns the
+    socket timeout into ``ClientDisconnected``, and gunicorn then closes the connection (it
+    makes the socket blocking again for each new request on a kept-alive one)."""
+    connection = request.environ.get("gunicorn.socket")
+    if connection is not None:
+        connection.settimeout(seconds)
 
 
 def _too_large(settings: Settings) -> Response:

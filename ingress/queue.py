@@ -170,6 +170,10 @@ class Publisher:
             APPLY_EVENT_TASK,
             args=event.task_args(),
             queue=self._settings.queue_name,
+            # What Celery's logs and Flower show instead of the arguments: the payload holds
+            # names and email addresses.
+            argsrepr=f"({event.svix_id!r}, <payload of {len(event.payload)} characters>, "
+            f"{event.received_at_ms})",
             retry=True,
             retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2},
         )

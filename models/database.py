@@ -73,11 +73,53 @@ def lock_organization(connection: Connection, organization_id: str) -> None:
     workers cannot interleave the read-compare-write steps of the version and tombstone rules.
     SQLite needs nothing: ``BEGIN IMMEDIATE`` already holds the database write lock.
     """
+    _advisory_lock(connection, f"organization:{organization_id}")
+
+
+def lock_user(connection: Connection, user_id: str) -> None:
+    """Serialise the writes that touch one user's memberships across organizations.
+
+    ``user.deleted`` takes it alone; a membership upsert takes it after its organization lock
+    (always in that order, so the two cannot deadlock), which makes "is the user tombstoned?"
+    and "insert the membership" one step with respect to the user's deletion.
+    """
+    _advisory_lock(connection, f"user:{user_id}")
+
+
+def _advisory_lock(connection: Connection, key: str) -> None:
     if connection.dialect.name == "postgresql":
         connection.execute(
-            text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
-            {"key": f"organization:{organization_id}"},
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": key}
         )
+
+
+class LockBusyError(RuntimeError):
+    """Another session holds the lock ``hold_session_lock`` tried to take."""
+
+
+@contextmanager
+def hold_session_lock(engine: Engine, key: str) -> Iterator[None]:
+    """Hold a PostgreSQL session-level advisory lock named ``key`` for the duration, on a
+    connection of its own (autocommit: no transaction stays open); ``LockBusyError`` at once if
+    another session holds it. For long jobs that must not run twice at the same time. SQLite has
+    no such lock: nothing is taken there."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+        parameters = {"key": key}
+        taken = connection.execute(
+            text("SELECT pg_try_advisory_lock(hashtextextended(:key, 0))"), parameters
+        ).scalar_one()
+        if not taken:
+            raise LockBusyError(key)
+        try:
+            yield
+        finally:
+            connection.execute(
+                text("SELECT pg_advisory_unlock(hashtextextended(:key, 0))"), parameters
+            )
 
 
 def insert_for(connection: Connection, table: Table) -> Any:

@@ -28,6 +28,8 @@ class IncomingEvent:
     received_at: datetime
     event_type: str | None
     event_timestamp: int | None
+    organization_id: str | None = None
+    """The organization the event concerns, when the payload names one."""
 
 
 def claim_event(connection: Connection, event: IncomingEvent) -> str:
@@ -46,6 +48,7 @@ def claim_event(connection: Connection, event: IncomingEvent) -> str:
             payload=event.payload,
             event_timestamp=event.event_timestamp,
             received_at=event.received_at,
+            organization_id=event.organization_id,
         )
         .on_conflict_do_nothing(index_elements=[webhook_events.c.svix_id])
     )
@@ -92,6 +95,7 @@ def note_failed_attempt(
         payload=event.payload,
         event_timestamp=event.event_timestamp,
         received_at=event.received_at,
+        organization_id=event.organization_id,
     )
     statement = statement.on_conflict_do_update(
         index_elements=[webhook_events.c.svix_id],

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, delete, or_, select
 
-from models.database import insert_for, lock_organization
+from models.database import insert_for, lock_organization, lock_user
 from models.organizations import OrganizationSnapshot, upsert_organization
 from models.tables import organization_memberships
 from models.tombstones import (
@@ -20,6 +20,7 @@ from models.tombstones import (
     ORGANIZATION,
     ORGANIZATION_MEMBERSHIP,
     SUPERSEDED,
+    USER,
     Tombstone,
     bury,
     find_tombstone,
@@ -50,13 +51,17 @@ def upsert_membership(connection: Connection, snapshot: MembershipSnapshot) -> b
     The organization is created (or advanced) from the nested snapshot first, which absorbs a
     membership that arrives before its organization. If another membership id holds the same
     (organization, user), the one created later wins and the loser is tombstoned, so its late
-    events can never bring it back.
+    events can never bring it back. A deleted (tombstoned) user's memberships are ignored; the
+    user lock, taken after the organization lock, orders this check against ``delete_user``.
     """
     organization_id = snapshot.organization.id
     lock_organization(connection, organization_id)
     if find_tombstone(connection, ORGANIZATION, organization_id) is not None:
         return False
     upsert_organization(connection, snapshot.organization)
+    lock_user(connection, snapshot.user_id)
+    if find_tombstone(connection, USER, snapshot.user_id) is not None:
+        return False
     tombstone = find_tombstone(connection, ORGANIZATION_MEMBERSHIP, snapshot.id)
     if tombstone is not None and (tombstone.created_at or 0) >= snapshot.created_at:
         return False
@@ -107,7 +112,10 @@ def upsert_membership(connection: Connection, snapshot: MembershipSnapshot) -> b
             ),
         ),
     )
-    return bool(connection.execute(statement).rowcount)
+    # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT DO UPDATE.
+    return (
+        connection.execute(statement.returning(organization_memberships.c.id)).first() is not None
+    )
 
 
 def delete_membership(
@@ -125,21 +133,35 @@ def delete_membership(
     if find_tombstone(connection, ORGANIZATION, organization_id) is not None:
         return
     upsert_organization(connection, snapshot.organization)
+    remove_membership(connection, organization_id, snapshot.id, snapshot.created_at, deleted_at)
+
+
+def remove_membership(
+    connection: Connection,
+    organization_id: str,
+    membership_id: str,
+    created_at: int,
+    deleted_at: int,
+) -> None:
+    """Tombstone every incarnation of ``membership_id`` created at or before ``created_at`` and
+    delete the row if it is one of them. ``delete_membership`` without the organization
+    snapshot: reconciliation uses it for a membership Clerk no longer lists."""
+    lock_organization(connection, organization_id)
     bury(
         connection,
         Tombstone(
             entity_type=ORGANIZATION_MEMBERSHIP,
-            entity_id=snapshot.id,
+            entity_id=membership_id,
             organization_id=organization_id,
-            created_at=snapshot.created_at,
+            created_at=created_at,
             deleted_at=deleted_at,
             reason=DELETED,
         ),
     )
     connection.execute(
         delete(organization_memberships).where(
-            organization_memberships.c.id == snapshot.id,
-            organization_memberships.c.created_at <= snapshot.created_at,
+            organization_memberships.c.id == membership_id,
+            organization_memberships.c.created_at <= created_at,
         )
     )
 

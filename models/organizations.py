@@ -56,7 +56,8 @@ def upsert_organization(connection: Connection, snapshot: OrganizationSnapshot) 
         set_={name: statement.excluded[name] for name in values if name != "id"},
         where=organizations.c.updated_at < statement.excluded.updated_at,
     )
-    return bool(connection.execute(statement).rowcount)
+    # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT DO UPDATE.
+    return connection.execute(statement.returning(organizations.c.id)).first() is not None
 
 
 def delete_organization(connection: Connection, organization_id: str, deleted_at: int) -> None:

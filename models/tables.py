@@ -72,6 +72,22 @@ organization_memberships = Table(
     UniqueConstraint("organization_id", "user_id"),
 )
 
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("primary_email_address", Text, index=True),
+    Column("username", Text),
+    Column("first_name", Text),
+    Column("last_name", Text),
+    Column("image_url", Text),
+    Column("external_id", Text, index=True),
+    Column("public_metadata", JSONDocument, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("synced_at", Timestamp, nullable=False),
+)
+
 tombstones = Table(
     "tombstones",
     metadata,
@@ -96,5 +112,12 @@ webhook_events = Table(
     Column("event_timestamp", BigInteger),
     Column("received_at", Timestamp, nullable=False),
     Column("processed_at", Timestamp),
+    Column("organization_id", String(64), index=True),
+    Column("replay_count", Integer, nullable=False, default=0, server_default="0"),
+    Column("last_replayed_at", Timestamp),
     Index("ix_webhook_events_status_received_at", "status", "received_at"),
+    Index("ix_webhook_events_status_processed_at", "status", "processed_at"),
+    Index("ix_webhook_events_received_at", "received_at"),
+    Index("ix_webhook_events_event_type", "event_type"),
+    Index("ix_webhook_events_event_timestamp", "event_timestamp"),
 )

@@ -13,6 +13,7 @@ from models.tables import tombstones
 
 ORGANIZATION: Final = "organization"
 ORGANIZATION_MEMBERSHIP: Final = "organization_membership"
+USER: Final = "user"
 
 DELETED: Final = "deleted"
 SUPERSEDED: Final = "superseded"

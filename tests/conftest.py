@@ -116,6 +116,7 @@ def settings(postgres_url: str, redis_client: redis.Redis[bytes]) -> Settings:
         visibility_timeout_seconds=60,
         broker_publish_timeout_seconds=1.0,
         db_lock_timeout_ms=500,
+        worker_metrics_port=0,
     )
 
 
@@ -142,13 +143,15 @@ def settings_env(settings: Settings) -> dict[str, str]:
                 settings.ledger_redeliver_after_seconds
             ),
             "CLERK_SYNC_WORKSPACE_METADATA_KEY": settings.workspace_metadata_key,
+            "CLERK_SYNC_LOG_FORMAT": settings.log_format,
+            "CLERK_SYNC_WORKER_METRICS_PORT": str(settings.worker_metrics_port),
         }
     )
     return env
 
 
 class WorkerProcess:
-    """A real ``celery worker`` process consuming the test queue."""
+    """A real worker process (``clerk-sync worker``) consuming the test queue."""
 
     def __init__(self, settings: Settings, log_path: Path, concurrency: int = 2) -> None:
         self.log_path = log_path
@@ -157,12 +160,8 @@ class WorkerProcess:
             [
                 sys.executable,
                 "-m",
-                "celery",
-                "-A",
-                "workers.main",
+                "clerk_sync",
                 "worker",
-                "--loglevel=INFO",
-                f"--queues={settings.queue_name}",
                 f"--concurrency={concurrency}",
                 f"--hostname=test-{uuid.uuid4().hex[:6]}@%h",
                 "--without-gossip",

@@ -103,6 +103,90 @@ def membership_data(
     return data
 
 
+def user_data(
+    user_id: str | None = None,
+    *,
+    first_name: str | None = "Jane",
+    last_name: str | None = "Tester",
+    username: str | None = None,
+    email: str | None = "jane.tester@example.com",
+    created_at: int = BASE_TIME_MS,
+    updated_at: int | None = None,
+    public_metadata: dict[str, Any] | None = None,
+    external_id: str | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """A Clerk User object (webhook ``user.created``/``.updated`` data, or a Backend API user).
+    ``email`` becomes the primary address, listed after a secondary one (so that taking
+    ``email_addresses[0]`` would be wrong); ``email=None`` gives ``email_addresses: []``."""
+    user_id = user_id or new_id("user")
+    suffix = user_id.removeprefix("user_")
+    addresses: list[dict[str, Any]] = []
+    if email is not None:
+        addresses = [
+            email_address_data(f"idn_{suffix}_2", f"secondary.{email}"),
+            email_address_data(f"idn_{suffix}_1", email),
+        ]
+    data: dict[str, Any] = {
+        "object": "user",
+        "id": user_id,
+        "username": username,
+        "first_name": first_name,
+        "last_name": last_name,
+        "image_url": f"https://img.clerk.com/{suffix}",
+        "profile_image_url": f"https://img.clerk.com/{suffix}",
+        "has_image": False,
+        "primary_email_address_id": f"idn_{suffix}_1" if email is not None else None,
+        "primary_phone_number_id": None,
+        "primary_web3_wallet_id": None,
+        "password_enabled": True,
+        "two_factor_enabled": False,
+        "totp_enabled": False,
+        "backup_code_enabled": False,
+        "email_addresses": addresses,
+        "phone_numbers": [],
+        "web3_wallets": [],
+        "external_accounts": [],
+        "saml_accounts": [],
+        "passkeys": [],
+        "public_metadata": public_metadata if public_metadata is not None else {},
+        "private_metadata": {},
+        "unsafe_metadata": {},
+        "external_id": external_id,
+        "last_sign_in_at": None,
+        "last_active_at": None,
+        "banned": False,
+        "locked": False,
+        "lockout_expires_in_seconds": None,
+        "verification_attempts_remaining": 100,
+        "delete_self_enabled": True,
+        "create_organization_enabled": True,
+        "created_at": created_at,
+        "updated_at": created_at if updated_at is None else updated_at,
+    }
+    data.update(overrides)
+    return data
+
+
+def email_address_data(address_id: str, address: str) -> dict[str, Any]:
+    return {
+        "object": "email_address",
+        "id": address_id,
+        "email_address": address,
+        "reserved": False,
+        "verification": {"status": "verified", "strategy": "email_code", "attempts": 1},
+        "linked_to": [],
+    }
+
+
+def deleted_user_data(user_id: str, external_id: str | None = None) -> dict[str, Any]:
+    """``user.deleted`` data: a DeletedObject, plus ``external_id`` if one was set."""
+    data: dict[str, Any] = {"deleted": True, "id": user_id, "object": "user"}
+    if external_id is not None:
+        data["external_id"] = external_id
+    return data
+
+
 def event(event_type: str, data: dict[str, Any], timestamp: int | None = None) -> dict[str, Any]:
     """The envelope Clerk wraps every event in."""
     return {

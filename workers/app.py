@@ -9,9 +9,11 @@ from datetime import timedelta
 from functools import cached_property
 from typing import Any
 
-from celery import Celery, Task
+import structlog
+from celery import Celery, Task, signals
 from sqlalchemy import Engine
 
+from clerk_sync.logs import configure_logging
 from clerk_sync.settings import Settings
 from ingress.queue import (
     APPLY_EVENT_TASK,
@@ -22,13 +24,15 @@ from ingress.queue import (
     broker_configuration,
 )
 from models.database import is_transient, make_engine, transaction
-from models.events import DEAD, FINISHED, event_status
+from models.events import APPLIED, DEAD, FINISHED, event_status
+from workers.metrics import WorkerMetrics
 from workers.processing import (
     apply_with_short_retries,
     dead_letter,
     describe_event,
     record_retry,
 )
+from workers.reconcile import RECONCILE_TASK, reconcile_schedule, scheduled_reconcile
 
 log = logging.getLogger("clerk_sync.worker")
 
@@ -47,6 +51,10 @@ class WorkerRuntime:
         return make_engine(
             self.settings.database_url, lock_timeout_ms=self.settings.db_lock_timeout_ms
         )
+
+    @cached_property
+    def metrics(self) -> WorkerMetrics:
+        return WorkerMetrics()
 
     @cached_property
     def publisher(self) -> Publisher:
@@ -76,7 +84,9 @@ def celery_configuration(settings: Settings) -> dict[str, Any]:
             "sweep-ledger": {
                 "task": SWEEP_LEDGER_TASK,
                 "schedule": timedelta(seconds=settings.ledger_sweep_interval_seconds),
-            }
+            },
+            **purge_schedule(settings),
+            **reconcile_schedule(settings),
         },
     }
 
@@ -87,8 +97,26 @@ def create_celery_app(settings: Settings) -> Celery:
     runtime = WorkerRuntime(settings, app)
     app.clerk_sync_runtime = runtime
 
+    @signals.setup_logging.connect(weak=False, dispatch_uid="clerk_sync.setup_logging")
+    def setup_logging(**_: Any) -> None:
+        configure_logging(settings.log_format)
+
+    @signals.worker_init.connect(weak=False, dispatch_uid="clerk_sync.worker_metrics")
+    def serve_metrics(**_: Any) -> None:
+        """Started in the main worker process, before the pool forks."""
+        if settings.worker_metrics_port:
+            try:
+                runtime.metrics.serve(settings.worker_metrics_port)
+            except OSError as error:
+                log.warning(
+                    "metrics server not started",
+                    extra={"port": settings.worker_metrics_port, "error": str(error)},
+                )
+
+    # shared=False: each task is bound to this app's settings, even if a process creates several.
     @app.task(
         bind=True,
+        shared=False,
         name=APPLY_EVENT_TASK,
         acks_late=True,
         reject_on_worker_lost=True,
@@ -98,6 +126,9 @@ def create_celery_app(settings: Settings) -> Celery:
     def apply_event(task: Task, svix_id: str, payload: str, received_at_ms: int) -> str:
         """Apply one event; on a transient failure retry with backoff, then dead-letter."""
         event = describe_event(svix_id, payload, received_at_ms)
+        event_type = (event.event_type or "unknown")[:64]
+        structlog.contextvars.bind_contextvars(svix_id=svix_id, event_type=event.event_type)
+        started = time.perf_counter()
         try:
             status = apply_with_short_retries(
                 runtime.engine, event, settings.workspace_metadata_key
@@ -110,15 +141,32 @@ def create_celery_app(settings: Settings) -> Celery:
                 status = DEAD
             else:
                 record_retry(runtime.engine, event, error)
+                runtime.metrics.retries.labels(event_type).inc()
                 raise task.retry(
                     exc=error, countdown=runtime.retry_countdown(task.request.retries)
                 ) from error
+        finally:
+            structlog.contextvars.unbind_contextvars("svix_id", "event_type")
+        runtime.metrics.duration.labels(event_type).observe(time.perf_counter() - started)
+        runtime.metrics.events.labels(status, event_type).inc()
+        if status == APPLIED and event.event_timestamp is not None:
+            runtime.metrics.lag.observe(max(0.0, time.time() - event.event_timestamp / 1000))
         _forget(runtime, svix_id)
         return status
 
-    @app.task(name=SWEEP_LEDGER_TASK, ignore_result=True)
+    @app.task(name=SWEEP_LEDGER_TASK, ignore_result=True, shared=False)
     def sweep_ledger() -> int:
         return sweep(runtime)
+
+    @app.task(name=PURGE_EVENTS_TASK, ignore_result=True, shared=False)
+    def purge_old_events() -> int:
+        return purge(runtime)
+
+    @app.task(name=RECONCILE_TASK, ignore_result=True, acks_late=False)
+    def reconcile_with_clerk() -> dict[str, Any] | None:
+        """Opt-in (``CLERK_SYNC_RECONCILE_INTERVAL_MINUTES``). Acknowledged on receipt: a run
+        outlasts the visibility timeout, and Redis must not hand it to a second worker."""
+        return scheduled_reconcile(runtime.engine, settings)
 
     return app
 
@@ -141,7 +189,10 @@ def sweep(runtime: WorkerRuntime, now: float | None = None) -> int:
         runtime.publisher.send(event)
         ledger.postpone(event.svix_id, now + runtime.settings.ledger_redeliver_after_seconds)
         republished += 1
-        log.warning("ledger: re-published %s (svix_id=%s)", event_type_of(event), event.svix_id)
+        log.warning(
+            "ledger: event re-published",
+            extra={"svix_id": event.svix_id, "event_type": event_type_of(event)},
+        )
     ledger.forget(finished)
     return republished
 
@@ -159,4 +210,32 @@ def _forget(runtime: WorkerRuntime, svix_id: str) -> None:
     try:
         ledger.forget([svix_id])
     except BROKER_ERRORS:
-        log.warning("ledger: could not drop %s; the sweeper will", svix_id)
+        log.warning("ledger: entry not dropped; the sweeper will", extra={"svix_id": svix_id})
+
+
+PURGE_EVENTS_TASK = "clerk_sync.purge_events"
+PURGE_INTERVAL = timedelta(hours=1)
+
+
+def purge_schedule(settings: Settings) -> dict[str, Any]:
+    """Opt-in (``CLERK_SYNC_PURGE_AFTER_DAYS``): purged events are lost to ``rebuild``."""
+    if settings.purge_after_days is None:
+        return {}
+    return {"purge-events": {"task": PURGE_EVENTS_TASK, "schedule": PURGE_INTERVAL}}
+
+
+def purge(runtime: WorkerRuntime, now: float | None = None) -> int:
+    """Delete applied and skipped events received more than ``purge_after_days`` ago (dead
+    letters are kept); returns how many. Does nothing unless the setting is set."""
+    from datetime import UTC, datetime
+
+    from models.inbox import purge_events
+
+    days = runtime.settings.purge_after_days
+    if days is None:
+        return 0
+    now = time.time() if now is None else now
+    purged = purge_events(runtime.engine, datetime.fromtimestamp(now, UTC) - timedelta(days=days))
+    if purged:
+        log.info("old events purged", extra={"purged": purged, "older_than_days": days})
+    return purged

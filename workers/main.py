@@ -1,5 +1,7 @@
-"""Entry point for the ``celery`` command: ``celery -A workers.main worker`` (or ``flower``).
+"""Entry point for the ``celery`` command: ``celery -A workers.main beat`` (or ``flower``).
 
+Run workers with ``clerk-sync worker``, which also prepares Prometheus' multi-process storage
+(the ``celery`` command imports prometheus_client, through Flower, before this module runs).
 Reading the environment here is this process's start-up; creating the app opens no connection.
 """
 

@@ -8,7 +8,7 @@ import traceback
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from models.database import is_transient, transaction
@@ -36,21 +36,55 @@ def describe_event(svix_id: str, payload: str, received_at_ms: int) -> IncomingE
     """What the inbox records about an event, read as far as the payload allows."""
     event_type: str | None = None
     event_timestamp: int | None = None
+    organization_id: str | None = None
     try:
         document: Any = json.loads(payload)
     except ValueError:
         document = None
     if isinstance(document, dict):
         raw_type = document.get("type")
-        event_type = raw_type[:128] if isinstance(raw_type, str) else None
+        # Cut to the column and without NUL, which PostgreSQL text cannot hold: the inbox row
+        # must be writable whatever the payload says.
+        event_type = raw_type.replace("\x00", "")[:128] if isinstance(raw_type, str) else None
         event_timestamp = _storable_timestamp(document.get("timestamp"))
+        organization_id = organization_of(event_type, document)
     return IncomingEvent(
         svix_id=svix_id,
         payload=payload,
         received_at=datetime.fromtimestamp(received_at_ms / 1000, UTC),
         event_type=event_type,
         event_timestamp=event_timestamp,
+        organization_id=organization_id,
     )
+
+
+MAX_ORGANIZATION_ID_LENGTH = 64
+"""``webhook_events.organization_id`` is ``String(64)``, like every organization id column."""
+
+
+def organization_of(event_type: str | None, document: dict[str, Any]) -> str | None:
+    """The organization an event concerns: ``data.id`` for ``organization.*``,
+    ``data.organization.id`` for ``organizationMembership.*``, ``data.organization_id`` for
+    other types that carry one (invitations, domains). None when absent, or when the value could
+    not be stored (too long, NUL): recording the event matters more than this column.
+    (The 0002 migration backfills stored events with a frozen copy of this function.)"""
+    data = document.get("data")
+    if event_type is None or not isinstance(data, dict):
+        return None
+    if event_type.startswith("organization."):
+        candidate = data.get("id")
+    elif event_type.startswith("organizationMembership."):
+        organization = data.get("organization")
+        candidate = organization.get("id") if isinstance(organization, dict) else None
+    else:
+        candidate = data.get("organization_id")
+    if (
+        isinstance(candidate, str)
+        and 0 < len(candidate) <= MAX_ORGANIZATION_ID_LENGTH
+        and "\x00" not in candidate
+    ):
+        return candidate
+    return None
 
 
 BIGINT_RANGE = range(-(2**63), 2**63)
@@ -79,26 +113,36 @@ def apply_event(engine: Engine, event: IncomingEvent, workspace_key: str) -> str
     with transaction(engine) as connection:
         status = claim_event(connection, event)
         if status in FINISHED:
-            log.info("duplicate %s ignored (svix_id=%s)", event.event_type, event.svix_id)
+            log.info("duplicate ignored", extra={**_context(event), "status": status})
             return status
-        outcome, error = APPLIED, None
-        try:
-            with connection.begin_nested():
-                envelope = read_envelope(json.loads(event.payload))
-                handler = HANDLERS.get(envelope.type)
-                if handler is None:
-                    outcome, error = SKIPPED, f"no handler for event type {envelope.type!r}"
-                else:
-                    handler(connection, envelope, workspace_key)
-        except (PoisonEventError, ValueError) as poison:
-            outcome, error = DEAD, f"{type(poison).__name__}: {poison}"
-        except Exception as failure:
-            if is_transient(failure):
-                raise
-            outcome, error = DEAD, traceback.format_exc()
+        outcome, error = apply_payload(connection, event.payload, workspace_key)
         finish_event(connection, event.svix_id, outcome, attempts=1, error=error)
-    log.info("%s %s (svix_id=%s)", outcome, event.event_type, event.svix_id)
+    log.info("event processed", extra={**_context(event), "status": outcome})
     return outcome
+
+
+def apply_payload(
+    connection: Connection, payload: str, workspace_key: str
+) -> tuple[str, str | None]:
+    """Run the event's handler in a savepoint; returns the outcome and, unless applied, why.
+
+    The mutation alone: the inbox is not touched, so ``rebuild`` re-applies stored events
+    through exactly the code ``apply_event`` uses. Transient database errors propagate.
+    """
+    try:
+        with connection.begin_nested():
+            envelope = read_envelope(json.loads(payload))
+            handler = HANDLERS.get(envelope.type)
+            if handler is None:
+                return SKIPPED, f"no handler for event type {envelope.type!r}"
+            handler(connection, envelope, workspace_key)
+    except (PoisonEventError, ValueError) as poison:
+        return DEAD, f"{type(poison).__name__}: {poison}"
+    except Exception as failure:
+        if is_transient(failure):
+            raise
+        return DEAD, traceback.format_exc()
+    return APPLIED, None
 
 
 apply_with_short_retries = retry(
@@ -120,7 +164,7 @@ def record_retry(engine: Engine, event: IncomingEvent, error: BaseException) -> 
     except Exception as failure:
         if not is_transient(failure):
             raise
-        log.warning("could not record failed attempt (svix_id=%s)", event.svix_id)
+        log.warning("failed attempt not recorded: database unavailable", extra=_context(event))
 
 
 def dead_letter(engine: Engine, event: IncomingEvent, error: BaseException) -> None:
@@ -135,9 +179,11 @@ def dead_letter(engine: Engine, event: IncomingEvent, error: BaseException) -> N
             attempts=IN_PROCESS_ATTEMPTS,
             error="".join(traceback.format_exception(error)),
         )
-    log.error(
-        "dead-lettered %s (svix_id=%s): %s", event.event_type, event.svix_id, _describe(error)
-    )
+    log.error("event dead-lettered", extra={**_context(event), "error": _describe(error)})
+
+
+def _context(event: IncomingEvent) -> dict[str, Any]:
+    return {"svix_id": event.svix_id, "event_type": event.event_type}
 
 
 def _describe(error: BaseException) -> str:

@@ -11,7 +11,14 @@ event per change, each under its own svix id, in the order Clerk would produce t
   envelope timestamp dating the deletion);
 * member removed and re-added (a new ``orgmem_`` id with a later ``created_at``; optionally the
   same id, should Clerk ever reuse one);
-* organization deleted (optionally followed by ``organizationMembership.deleted`` per member).
+* organization deleted (optionally followed by ``organizationMembership.deleted`` per member);
+* user created (``user.created``, the first time a user slot is needed: as an organization's
+  creator or a new member);
+* user changed (``user.updated``: names, username, primary email (sometimes none), metadata,
+  external id);
+* user deleted (``user.deleted``, a DeletedObject dated by the envelope; Clerk removes the user's
+  memberships everywhere, optionally sending ``organizationMembership.deleted`` for each). The
+  slot then holds a new user id: Clerk never reuses ids.
 
 The clock advances monotonically across the whole history. Ids are deterministic so that a
 failing example reads well and reproduces.
@@ -27,11 +34,19 @@ from tests.factories import (
     BASE_TIME_MS,
     body_of,
     deleted_organization_data,
+    deleted_user_data,
+    email_address_data,
     event,
     membership_data,
     organization_data,
+    user_data,
 )
-from tests.models.support import WORKSPACE_KEY, expected_membership, expected_organization
+from tests.models.support import (
+    WORKSPACE_KEY,
+    expected_membership,
+    expected_organization,
+    expected_user,
+)
 
 CREATE_ORGANIZATION = 0
 UPDATE_ORGANIZATION = 1
@@ -40,6 +55,8 @@ CHANGE_ROLE = 3
 REMOVE_MEMBER = 4
 READD_MEMBER = 5
 DELETE_ORGANIZATION = 6
+UPDATE_USER = 7
+DELETE_USER = 8
 
 SLUGS = ("acme", "globex", "initech", None)
 """A small pool, so that two live organizations often share a slug (slugs are not unique)."""
@@ -62,6 +79,9 @@ class ClerkHistory:
         self.clock = BASE_TIME_MS + start
         self.slots = organization_slots
         self.users = [f"user_{n:02d}" for n in range(user_count)]
+        """User slots: the id each slot currently stands for (a new one after a deletion)."""
+        self.people: dict[str, dict[str, Any]] = {}
+        """Live users: id -> current ``data``."""
         self.organizations: dict[str, dict[str, Any]] = {}
         """Live organizations: id -> current ``data``."""
         self.members: dict[tuple[str, str], dict[str, Any]] = {}
@@ -70,6 +90,9 @@ class ClerkHistory:
         self._organizations_created = 0
         self._memberships_created = 0
         self._versions = 0
+        self._user_generations = [0] * user_count
+        self.memberships_removed_with_users = 0
+        """How many memberships ``delete_user`` removed (a measure of how interesting it was)."""
 
     # -- the truth ---------------------------------------------------------------------------
 
@@ -85,12 +108,28 @@ class ClerkHistory:
             key=lambda row: row["id"],
         )
 
+    def expected_users(self) -> list[dict[str, Any]]:
+        return [expected_user(data) for _, data in sorted(self.people.items())]
+
+    def expected_state(self) -> tuple[list[dict[str, Any]], ...]:
+        """What ``tests.models.support.synced_tables`` should read after full delivery."""
+        return self.expected_organizations(), self.expected_memberships(), self.expected_users()
+
     # -- driving it --------------------------------------------------------------------------
 
     def perform(self, kind: int, a: int, b: int, step: int) -> None:
         """Carry out one action; ``a``/``b`` pick targets and variants, ``step`` advances the
         clock (ms, >= 1). Actions that make no sense yet fall back to one that does."""
         self.clock += step
+        if kind in (UPDATE_USER, DELETE_USER):
+            people = sorted(self.people)
+            if not people:
+                self.ensure_user(a)
+            elif kind == UPDATE_USER:
+                self.update_user(people[a % len(people)], b)
+            else:
+                self.delete_user(people[a % len(people)], member_events=b % 2 == 0)
+            return
         live = sorted(self.organizations)
         if kind == CREATE_ORGANIZATION or not live:
             if self._organizations_created < self.slots:
@@ -105,7 +144,7 @@ class ClerkHistory:
         if kind == UPDATE_ORGANIZATION:
             self.update_organization(organization_id, b)
         elif kind == ADD_MEMBER:
-            user_id = self.users[b % len(self.users)]
+            user_id = self.ensure_user(b)
             if (organization_id, user_id) in self.members:
                 self.change_role(organization_id, user_id, b)
             else:
@@ -132,7 +171,7 @@ class ClerkHistory:
         number = self._organizations_created
         self._organizations_created += 1
         organization_id = f"org_{chr(ord('A') + number)}"
-        creator_id = self.users[creator % len(self.users)]
+        creator_id = self.ensure_user(creator)
         data = organization_data(
             organization_id,
             name=f"Organization {organization_id}",
@@ -238,6 +277,91 @@ class ClerkHistory:
                     f"{membership['id']} deleted with {organization_id}",
                     timestamp=self.clock,
                 )
+
+    def ensure_user(self, slot: int) -> str:
+        """The user in ``slot``, created now (``user.created``) if it does not exist yet."""
+        slot %= len(self.users)
+        user_id = self.users[slot]
+        if user_id not in self.people:
+            data = user_data(
+                user_id,
+                first_name=user_id.title(),
+                last_name="Tester",
+                email=f"{user_id}@example.com",
+                created_at=self.clock,
+            )
+            self.people[user_id] = data
+            self._emit("user.created", data, f"{user_id} created")
+        return user_id
+
+    def update_user(self, user_id: str, variant: int) -> None:
+        self._versions += 1
+        data = copy.deepcopy(self.people[user_id])
+        change = variant % 5
+        if change == 0:
+            data["first_name"] = f"{user_id.title()} v{self._versions}"
+        elif change == 1:
+            data["last_name"] = None if variant % 2 else f"Tester{self._versions}"
+            data["username"] = f"{user_id}_{self._versions}"
+        elif change == 2:
+            address_id = f"idn_{user_id}_v{self._versions}"
+            address = email_address_data(address_id, f"{user_id}.v{self._versions}@example.com")
+            data["email_addresses"] = [*data["email_addresses"][-1:], address]
+            data["primary_email_address_id"] = address_id
+        elif change == 3:
+            data["public_metadata"] = {"plan": ("free", "pro")[variant % 2], "v": self._versions}
+            data["external_id"] = f"ext-{self._versions}" if variant % 3 else None
+        elif variant % 2:
+            data["email_addresses"] = []
+            data["primary_email_address_id"] = None
+        else:
+            data["primary_email_address_id"] = f"idn_{user_id}_gone"
+        data["updated_at"] = self.clock
+        self.people[user_id] = data
+        self._emit("user.updated", data, f"{user_id} updated v{self._versions}")
+
+    def delete_user(self, user_id: str, *, member_events: bool) -> None:
+        """Clerk removes the user from every organization; whether it sends a
+        ``organizationMembership.deleted`` for each is not documented, so both are modelled."""
+        data = self.people.pop(user_id)
+        self._emit(
+            "user.deleted",
+            deleted_user_data(user_id, data["external_id"]),
+            f"{user_id} deleted",
+            timestamp=self.clock,
+        )
+        for key in sorted(k for k in self.members if k[1] == user_id):
+            membership = self.members.pop(key)
+            self.memberships_removed_with_users += 1
+            if member_events:
+                self.clock += 1
+                membership = copy.deepcopy(membership)
+                membership["organization"] = self._snapshot(key[0])
+                self._emit(
+                    "organizationMembership.deleted",
+                    membership,
+                    f"{membership['id']} deleted with {user_id}",
+                    timestamp=self.clock,
+                )
+        slot = self.users.index(user_id)
+        self._user_generations[slot] += 1
+        self.users[slot] = f"user_{slot:02d}_{self._user_generations[slot]}"
+
+    # -- the Backend API's view -------------------------------------------------------------
+
+    def api_state(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        """What Clerk's Backend API lists now: live organizations, memberships (each carrying
+        its organization as it is now) and users."""
+        memberships = []
+        for (organization_id, _), data in self.members.items():
+            membership = copy.deepcopy(data)
+            membership["organization"] = self._snapshot(organization_id)
+            memberships.append(membership)
+        return (
+            [copy.deepcopy(data) for data in self.organizations.values()],
+            memberships,
+            [copy.deepcopy(data) for data in self.people.values()],
+        )
 
     # -- plumbing ----------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from models.tables import (
     organization_memberships,
     organizations,
     tombstones,
+    users,
     webhook_events,
 )
 from tests.factories import BASE_TIME_MS, body_of, new_svix_id
@@ -57,9 +58,24 @@ def membership_rows(engine: Engine) -> list[dict]:
     return rows(engine, organization_memberships)
 
 
+def user_rows(engine: Engine) -> list[dict]:
+    return rows(engine, users)
+
+
 def synced_state(engine: Engine) -> tuple[list[dict], list[dict]]:
     """What other applications read: organizations and memberships, without ``synced_at``."""
     return organization_rows(engine), membership_rows(engine)
+
+
+def synced_tables(engine: Engine) -> tuple[list[dict], list[dict], list[dict]]:
+    """Organizations, memberships and users, without ``synced_at`` (``synced_state`` plus
+    users); compare with ``ClerkHistory.expected_state()``."""
+    return organization_rows(engine), membership_rows(engine), user_rows(engine)
+
+
+def user_row(engine: Engine, user_id: str) -> dict | None:
+    found = [row for row in user_rows(engine) if row["id"] == user_id]
+    return found[0] if found else None
 
 
 def organization_row(engine: Engine, organization_id: str) -> dict | None:
@@ -125,6 +141,28 @@ def expected_membership(data: dict[str, Any]) -> dict:
         "first_name": user["first_name"],
         "last_name": user["last_name"],
         "image_url": user["image_url"],
+        "public_metadata": data["public_metadata"],
+        "created_at": data["created_at"],
+        "updated_at": data["updated_at"],
+    }
+
+
+def expected_user(data: dict[str, Any]) -> dict:
+    """The row a user payload (``data`` of user.created) should produce: the primary email is the
+    address ``primary_email_address_id`` names, null when it names none of ``email_addresses``."""
+    primary = [
+        address["email_address"]
+        for address in data["email_addresses"]
+        if address["id"] == data["primary_email_address_id"]
+    ]
+    return {
+        "id": data["id"],
+        "primary_email_address": primary[0] if primary else None,
+        "username": data["username"],
+        "first_name": data["first_name"],
+        "last_name": data["last_name"],
+        "image_url": data["image_url"],
+        "external_id": data["external_id"],
         "public_metadata": data["public_metadata"],
         "created_at": data["created_at"],
         "updated_at": data["updated_at"],

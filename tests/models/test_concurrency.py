@@ -27,7 +27,7 @@ from tests.models.histories import (
     ClerkHistory,
     Delivery,
 )
-from tests.models.support import WORKSPACE_KEY, synced_state
+from tests.models.support import WORKSPACE_KEY, synced_tables
 from workers.processing import apply_event, apply_with_short_retries, describe_event
 
 THREADS = 8
@@ -100,8 +100,8 @@ def test_concurrent_workers_converge_to_in_order_state(pg_engine: Engine, seed: 
             WORKSPACE_KEY,
         )
         assert status == "applied"
-    in_order = synced_state(pg_engine)
-    assert in_order == (history.expected_organizations(), history.expected_memberships())
+    in_order = synced_tables(pg_engine)
+    assert in_order == history.expected_state()
     assert len(in_order[0]) == 2
     assert len(in_order[1]) >= 4
 
@@ -111,7 +111,7 @@ def test_concurrent_workers_converge_to_in_order_state(pg_engine: Engine, seed: 
 
     assert len(statuses) == len(sent)
     assert set(statuses) == {"applied"}
-    assert synced_state(pg_engine) == in_order
+    assert synced_tables(pg_engine) == in_order
     with pg_engine.connect() as connection:
         inbox = connection.execute(
             select(webhook_events.c.status, webhook_events.c.attempts, func.count()).group_by(

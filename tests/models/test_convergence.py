@@ -13,13 +13,13 @@ from sqlalchemy import Engine
 
 from tests.conftest import empty_tables
 from tests.models.histories import ClerkHistory, Delivery
-from tests.models.support import WORKSPACE_KEY, synced_state
+from tests.models.support import WORKSPACE_KEY, synced_tables
 from workers.processing import apply_event, describe_event
 
 RECEIVED_AT_MS = 1_800_000_000_000
 
-# Weighted: deletions of whole organizations are rarer than everyday changes.
-KINDS = st.sampled_from([0, 1, 1, 2, 2, 2, 2, 3, 3, 4, 4, 5, 5, 6])
+# Weighted: deletions of whole organizations and users are rarer than everyday changes.
+KINDS = st.sampled_from([0, 1, 1, 2, 2, 2, 2, 3, 3, 4, 4, 5, 5, 6, 7, 8])
 
 ACTION = st.tuples(
     KINDS,
@@ -75,17 +75,20 @@ def test_any_delivery_order_converges_to_in_order_state(engine: Engine) -> None:
         note(f"history: {history.events}")
         empty_tables(engine)
         apply_all(engine, history.events)
-        in_order = synced_state(engine)
-        assert in_order == (history.expected_organizations(), history.expected_memberships())
+        in_order = synced_tables(engine)
+        assert in_order == history.expected_state()
 
         sent = data.draw(deliveries(history.events), label="deliveries")
         empty_tables(engine)
         apply_all(engine, sent)
-        assert synced_state(engine) == in_order
+        assert synced_tables(engine) == in_order
 
-        organizations, memberships = in_order
-        non_trivial.append(bool(organizations and memberships))
+        organizations, memberships, users = in_order
+        removed = history.memberships_removed_with_users
+        non_trivial.append(bool(organizations and memberships) or removed > 0)
         hypothesis_event(f"memberships in final state: {min(len(memberships), 3)}")
+        hypothesis_event(f"users in final state: {min(len(users), 3)}")
+        hypothesis_event(f"memberships removed with their user: {min(removed, 2)}")
 
     converges()
     assert sum(non_trivial) >= len(non_trivial) // 2, "histories were mostly trivial"
@@ -112,10 +115,10 @@ def test_reversed_delivery_converges(engine: Engine, seed: int) -> None:
     for action in plan:
         history.perform(*action)
     apply_all(engine, history.events)
-    in_order = synced_state(engine)
-    assert in_order == (history.expected_organizations(), history.expected_memberships())
+    in_order = synced_tables(engine)
+    assert in_order == history.expected_state()
     assert in_order[0], "the plan leaves a live organization"
 
     empty_tables(engine)
     apply_all(engine, list(reversed(history.events)))
-    assert synced_state(engine) == in_order
+    assert synced_tables(engine) == in_order

@@ -97,17 +97,17 @@ def test_same_payload_under_a_new_svix_id_is_a_new_event(engine: Engine) -> None
 
 def test_unknown_event_type_is_skipped(engine: Engine) -> None:
     svix_id = new_svix_id()
-    body = body_of(event("user.created", {"id": "user_1", "object": "user"}))
+    body = body_of(event("session.created", {"id": "sess_1", "object": "session"}))
 
     assert deliver(engine, body, svix_id=svix_id) == "skipped"
     assert deliver(engine, body, svix_id=svix_id) == "skipped"
 
     row = inbox_row(engine, svix_id)
     assert row is not None
-    assert row["event_type"] == "user.created"
+    assert row["event_type"] == "session.created"
     assert row["status"] == "skipped"
     assert row["attempts"] == 1
-    assert "user.created" in row["last_error"]
+    assert "session.created" in row["last_error"]
     assert row["processed_at"] is not None
     assert organization_rows(engine) == []
 
@@ -302,7 +302,7 @@ def test_payload_is_stored_byte_for_byte(engine: Engine) -> None:
 def test_event_timestamp_is_kept_in_milliseconds(
     engine: Engine, timestamp: Any, stored: int | None
 ) -> None:
-    payload = event("user.updated", {"id": "user_1"})
+    payload = event("session.created", {"id": "sess_1"})
     payload["timestamp"] = timestamp
     svix_id = new_svix_id()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -11,6 +11,7 @@ from sqlalchemy import Engine, select
 from clerk_sync.settings import Settings
 from ingress import create_app
 from models.tables import webhook_events
+from tests.clerk_api import FakeClerk
 from tests.factories import body_of, new_svix_id, signed_headers
 
 Send = Callable[..., str]
@@ -38,3 +39,11 @@ def inbox_row(engine: Engine, svix_id: str) -> dict[str, Any] | None:
             select(webhook_events).where(webhook_events.c.svix_id == svix_id)
         ).one_or_none()
     return None if row is None else dict(row._mapping)
+
+
+@pytest.fixture
+def clerk() -> Iterator[FakeClerk]:
+    """A fake Clerk Backend API on 127.0.0.1 (``tests.clerk_api``), empty until loaded."""
+    fake = FakeClerk().start()
+    yield fake
+    fake.stop()

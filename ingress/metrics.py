@@ -1,0 +1,53 @@
+"""Prometheus metrics of the ingress, served at ``/metrics``.
+
+Under gunicorn with several worker processes, set ``PROMETHEUS_MULTIPROC_DIR`` (``clerk-sync
+ingress`` does) so that every process's counts are added up when any one of them is scraped.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+
+OUTCOMES = (
+    "accepted",
+    "missing_headers",
+    "bad_signature",
+    "stale",
+    "too_large",
+    "malformed",
+    "broker_down",
+)
+
+
+class IngressMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "clerk_sync_ingress_requests",
+            "Webhook requests by outcome.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.events = Counter(
+            "clerk_sync_ingress_events",
+            "Events accepted (queued), by Clerk event type.",
+            ["event_type"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "clerk_sync_ingress_request_duration_seconds",
+            "Time to answer a webhook request.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        )
+        for outcome in OUTCOMES:
+            self.requests.labels(outcome)
+
+    def exposition(self) -> bytes:
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return bytes(generate_latest(registry))
+        return bytes(generate_latest(self.registry))

@@ -1,0 +1,83 @@
+"""User mutations: versioned upsert, and a tombstoned delete that also removes the user's
+memberships in every organization."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, delete
+
+from models.database import insert_for, lock_user
+from models.tables import organization_memberships, users
+from models.tombstones import DELETED, USER, Tombstone, bury, find_tombstone
+
+
+@dataclass(frozen=True)
+class UserSnapshot:
+    """A user as Clerk described it at ``updated_at`` (ms)."""
+
+    id: str
+    primary_email_address: str | None
+    username: str | None
+    first_name: str | None
+    last_name: str | None
+    image_url: str | None
+    external_id: str | None
+    public_metadata: dict[str, Any]
+    created_at: int
+    updated_at: int
+
+
+def upsert_user(connection: Connection, snapshot: UserSnapshot) -> bool:
+    """Create the user or move it to a newer version; ignore stale or deleted ones.
+
+    Returns whether a row was written.
+    """
+    lock_user(connection, snapshot.id)
+    if find_tombstone(connection, USER, snapshot.id) is not None:
+        return False
+    values = {
+        "id": snapshot.id,
+        "primary_email_address": snapshot.primary_email_address,
+        "username": snapshot.username,
+        "first_name": snapshot.first_name,
+        "last_name": snapshot.last_name,
+        "image_url": snapshot.image_url,
+        "external_id": snapshot.external_id,
+        "public_metadata": snapshot.public_metadata,
+        "created_at": snapshot.created_at,
+        "updated_at": snapshot.updated_at,
+        "synced_at": datetime.now(UTC),
+    }
+    statement = insert_for(connection, users).values(values)
+    statement = statement.on_conflict_do_update(
+        index_elements=[users.c.id],
+        set_={name: statement.excluded[name] for name in values if name != "id"},
+        where=users.c.updated_at < statement.excluded.updated_at,
+    )
+    # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT DO UPDATE.
+    return connection.execute(statement.returning(users.c.id)).first() is not None
+
+
+def delete_user(connection: Connection, user_id: str, deleted_at: int) -> None:
+    """Delete the user and its memberships in every organization, and tombstone it for good:
+    Clerk never reuses user ids. ``upsert_membership`` checks this tombstone under the same
+    per-user lock, so a membership event that arrives late cannot bring a membership back."""
+    lock_user(connection, user_id)
+    bury(
+        connection,
+        Tombstone(
+            entity_type=USER,
+            entity_id=user_id,
+            organization_id=None,
+            created_at=None,
+            deleted_at=deleted_at,
+            reason=DELETED,
+        ),
+    )
+    connection.execute(
+        delete(organization_memberships).where(organization_memberships.c.user_id == user_id)
+    )
+    connection.execute(delete(users).where(users.c.id == user_id))

@@ -1,0 +1,261 @@
+"""A stand-in for Clerk's Backend API on 127.0.0.1: Clerk-shaped, paginated answers from an
+in-memory state, faults on demand (a 429 with ``Retry-After``, a 500), and a record of every
+request so that tests can check paging, the auth header and the request rate.
+
+Only what ``clerk-sync reconcile`` reads (see the reference, §6 BAPI):
+
+* ``GET /v1/organizations`` and ``GET /v1/organization_memberships``: ``limit`` (1 to 500, default
+  10), ``offset``, ``order_by`` (``[+-]created_at``, default ``-created_at``) → ``{data,
+  total_count}``;
+* ``GET /v1/users``: the same paging → a bare JSON array; ``GET /v1/users/count``;
+* ``GET /v1/organizations/{id}``, ``GET /v1/users/{id}`` → the object, or 404;
+* ``GET /v1/organizations/{id}/memberships?user_id=…`` → ``{data, total_count}``, or 404 when the
+  organization does not exist.
+
+Anything else is a 404; a request without ``Authorization: Bearer <secret key>`` is a 401.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+SECRET_KEY = "sk_test_FAKEfakeFAKEfake0123456789"
+MAX_LIMIT = 500
+DROP = 0
+"""A fault status: close the connection without answering."""
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    at: float
+    """``time.monotonic()`` when the request arrived."""
+    status: int = 0
+
+    def param(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else None
+
+
+@dataclass
+class Fault:
+    """Answer ``status`` (with ``headers``) instead, to ``times`` requests whose path equals
+    ``path``, after letting ``skip`` of them through. Status 0 closes the connection without an
+    answer (a connection error for the client)."""
+
+    path: str
+    status: int
+    times: int = 1
+    skip: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    query: dict[str, str] = field(default_factory=dict)
+    """Only requests with these query parameters (e.g. ``{"offset": "2"}``)."""
+
+    def matches(self, request: Request) -> bool:
+        return request.path == self.path and all(
+            request.param(name) == value for name, value in self.query.items()
+        )
+
+
+Hook = Callable[["FakeClerk", Request, Any], None]
+"""Called with each request and the body about to be sent, before it is sent (so a change it
+makes happens after the answer was computed, and before the client sees it)."""
+
+
+class FakeClerk:
+    def __init__(self, secret_key: str = SECRET_KEY) -> None:
+        self.secret_key = secret_key
+        self.organizations: dict[str, dict[str, Any]] = {}
+        self.memberships: dict[str, dict[str, Any]] = {}
+        self.users: dict[str, dict[str, Any]] = {}
+        self.requests: list[Request] = []
+        self.faults: list[Fault] = []
+        self.hooks: list[Hook] = []
+        self.lock = threading.RLock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- state -------------------------------------------------------------------------------
+
+    def load(
+        self,
+        organizations: Iterable[dict[str, Any]] = (),
+        memberships: Iterable[dict[str, Any]] = (),
+        users: Iterable[dict[str, Any]] = (),
+    ) -> None:
+        """Replace the whole state (and forget requests, faults and hooks)."""
+        with self.lock:
+            self.organizations = {data["id"]: data for data in organizations}
+            self.memberships = {data["id"]: data for data in memberships}
+            self.users = {data["id"]: data for data in users}
+            self.requests.clear()
+            self.faults.clear()
+            self.hooks.clear()
+
+    def fail(self, path: str, status: int, **options: Any) -> Fault:
+        fault = Fault(path, status, **options)
+        with self.lock:
+            self.faults.append(fault)
+        return fault
+
+    def requests_to(self, path: str) -> list[Request]:
+        with self.lock:
+            return [request for request in self.requests if request.path == path]
+
+    # -- server ------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "start() first"
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> FakeClerk:
+        clerk = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out in separate writes
+
+            def do_GET(self) -> None:
+                clerk._handle(self)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="fake-clerk", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    # -- answering ---------------------------------------------------------------------------
+
+    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        arrived = time.monotonic()
+        parts = urlsplit(handler.path)
+        request = Request(
+            method="GET",
+            path=unquote(parts.path),
+            query=parse_qs(parts.query),
+            headers={name.lower(): value for name, value in handler.headers.items()},
+            at=arrived,
+        )
+        with self.lock:
+            status, headers, body = self._answer(request)
+            recorded = replace(request, status=status)
+            self.requests.append(recorded)
+            for hook in list(self.hooks):
+                hook(self, recorded, body)
+        if status == DROP:
+            handler.close_connection = True
+            return
+        payload = json.dumps(body).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(payload)))
+        for name, value in headers.items():
+            handler.send_header(name, value)
+        handler.end_headers()
+        handler.wfile.write(payload)
+
+    def _answer(self, request: Request) -> tuple[int, dict[str, str], Any]:
+        if request.headers.get("authorization") != f"Bearer {self.secret_key}":
+            return 401, {}, _errors("authentication_invalid", "Unauthorized request")
+        for fault in self.faults:
+            if fault.times > 0 and fault.matches(request):
+                if fault.skip > 0:
+                    fault.skip -= 1
+                    continue
+                fault.times -= 1
+                return fault.status, dict(fault.headers), _errors("fault", "injected fault")
+        try:
+            return 200, {}, self._route(request)
+        except _HTTPError as error:
+            return error.status, {}, _errors(error.code, error.code)
+
+    def _route(self, request: Request) -> Any:
+        segments = request.path.strip("/").split("/")
+        if segments[:1] != ["v1"]:
+            raise _HTTPError(404, "resource_not_found")
+        match segments[1:]:
+            case ["organizations"]:
+                return _listing(self.organizations.values(), request)
+            case ["organization_memberships"]:
+                return _listing(self.memberships.values(), request)
+            case ["users"]:
+                return _listing(self.users.values(), request)["data"]
+            case ["users", "count"]:
+                return {"object": "total_count", "total_count": len(self.users)}
+            case ["users", user_id]:
+                return _found(self.users.get(user_id))
+            case ["organizations", organization_id]:
+                return _found(self.organizations.get(organization_id))
+            case ["organizations", organization_id, "memberships"]:
+                _found(self.organizations.get(organization_id))
+                wanted = set(request.query.get("user_id", ())) | set(
+                    request.query.get("user_id[]", ())
+                )
+                members = [
+                    data
+                    for data in self.memberships.values()
+                    if data["organization"]["id"] == organization_id
+                    and (not wanted or data["public_user_data"]["user_id"] in wanted)
+                ]
+                return _listing(members, request)
+        raise _HTTPError(404, "resource_not_found")
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, code: str) -> None:
+        super().__init__(code)
+        self.status = status
+        self.code = code
+
+
+def _errors(code: str, message: str) -> dict[str, Any]:
+    return {"errors": [{"code": code, "message": message, "long_message": message}]}
+
+
+def _found(data: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    if data is None:
+        raise _HTTPError(404, "resource_not_found")
+    return data
+
+
+def _listing(items: Iterable[dict[str, Any]], request: Request) -> dict[str, Any]:
+    try:
+        limit = int(request.param("limit") or 10)
+        offset = int(request.param("offset") or 0)
+    except ValueError:
+        raise _HTTPError(422, "form_param_format_invalid") from None
+    if not 1 <= limit <= MAX_LIMIT or offset < 0:
+        raise _HTTPError(422, "form_param_value_invalid")
+    order = request.param("order_by") or "-created_at"
+    if order.lstrip("+-") != "created_at":
+        raise _HTTPError(422, "form_param_value_invalid")
+    ordered = sorted(
+        items,
+        key=lambda data: (data.get("created_at") or 0, data["id"]),
+        reverse=order.startswith("-"),
+    )
+    return {"data": ordered[offset : offset + limit], "total_count": len(ordered)}

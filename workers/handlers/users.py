@@ -1,0 +1,59 @@
+"""``user.*`` events."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import Connection
+
+from models.users import UserSnapshot, delete_user, upsert_user
+from workers.handlers.payloads import (
+    Envelope,
+    optional,
+    require,
+    require_event_time,
+    require_timestamp,
+)
+
+
+def user_snapshot(data: Mapping[str, Any], where: str = "data") -> UserSnapshot:
+    """A Clerk User object (webhook ``data`` or a Backend API user) as a snapshot."""
+    metadata = data.get("public_metadata")
+    return UserSnapshot(
+        id=require(data, "id", str, where),
+        primary_email_address=primary_email_address(data),
+        username=optional(data, "username", str),
+        first_name=optional(data, "first_name", str),
+        last_name=optional(data, "last_name", str),
+        image_url=optional(data, "image_url", str),
+        external_id=optional(data, "external_id", str),
+        public_metadata=dict(metadata) if isinstance(metadata, dict) else {},
+        created_at=require_timestamp(data, "created_at", where),
+        updated_at=require_timestamp(data, "updated_at", where),
+    )
+
+
+def primary_email_address(data: Mapping[str, Any]) -> str | None:
+    """The address ``primary_email_address_id`` points at; None when there is no primary, or it
+    is not among ``email_addresses`` (which may be ``[]``). Never ``email_addresses[0]``: the
+    first address need not be the primary one."""
+    primary_id = optional(data, "primary_email_address_id", str)
+    addresses = data.get("email_addresses")
+    if primary_id is None or not isinstance(addresses, list):
+        return None
+    for address in addresses:
+        if isinstance(address, dict) and address.get("id") == primary_id:
+            return optional(address, "email_address", str)  # type: ignore[no-any-return]
+    return None
+
+
+def on_user_upserted(connection: Connection, envelope: Envelope, _workspace_key: str) -> None:
+    """``user.created`` and ``.updated`` are the same upsert: either may arrive first."""
+    upsert_user(connection, user_snapshot(envelope.data))
+
+
+def on_user_deleted(connection: Connection, envelope: Envelope, _workspace_key: str) -> None:
+    """The payload is a DeletedObject (``{object, id, deleted}``, maybe ``external_id``) with no
+    version: the envelope time dates the deletion."""
+    delete_user(connection, require(envelope.data, "id", str, "data"), require_event_time(envelope))
