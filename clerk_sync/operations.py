@@ -647,21 +647,26 @@ def rebuild(
     """Empty the synced tables, then re-apply the applied events page by page (a transaction
     per page, retried on transient errors). Returns how many were re-applied, and the events
     that failed with why."""
+    from models.database import holding_locks
     from models.inbox import applied_events_after, empty_synced_tables
-    from workers.processing import apply_payload
+    from workers.processing import apply_payload, locks_of
 
     @_retry_transient
     def page(after: tuple[datetime, str] | None) -> tuple[list[StoredEvent], list[tuple[str, str]]]:
         failed: list[tuple[str, str]] = []
         with transaction(engine) as connection:
             found = applied_events_after(connection, after, batch_size)
-            for event in found:
-                assert event.payload is not None
-                outcome, error = apply_payload(
-                    connection, event.payload, settings.workspace_metadata_key
-                )
-                if outcome not in (APPLIED, SKIPPED):
-                    failed.append((event.svix_id, error or outcome))
+            payloads = [event.payload for event in found if event.payload is not None]
+            # The page's locks up front, in the workers' global order: a page applied while
+            # workers apply batches waits for them instead of deadlocking with them.
+            with holding_locks(connection, *locks_of(payloads)):
+                for event in found:
+                    assert event.payload is not None
+                    outcome, error = apply_payload(
+                        connection, event.payload, settings.workspace_metadata_key
+                    )
+                    if outcome not in (APPLIED, SKIPPED):
+                        failed.append((event.svix_id, error or outcome))
         return found, failed
 
     @_retry_transient

@@ -144,12 +144,19 @@ class Settings:
     visibility_timeout_seconds: int = 300
     broker_publish_timeout_seconds: float = 2.0
     db_lock_timeout_ms: int = 10_000
+    db_idle_in_transaction_timeout_ms: int = 60_000
+    """PostgreSQL ends a worker session left idle inside a transaction this long (a frozen or
+    cut-off worker), releasing the organization locks it holds; 0 never does."""
     ledger_redeliver_after_seconds: int = 600
     ledger_sweep_interval_seconds: int = 60
     purge_after_days: int | None = None
     """Beat deletes applied and skipped events older than this; None (the default) never does."""
     log_format: str = "json"
     worker_metrics_port: int = 9808
+    batch_size: int = 100
+    """Most events a worker applies in one database transaction; 1 applies them one by one."""
+    batch_flush_interval_ms: int = 50
+    """Longest an event waits in a worker's buffer for a batch while no pool process is idle."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
@@ -201,6 +208,11 @@ class Settings:
             db_lock_timeout_ms=_int(
                 env, "CLERK_SYNC_DB_LOCK_TIMEOUT_MS", defaults.db_lock_timeout_ms
             ),
+            db_idle_in_transaction_timeout_ms=_int(
+                env,
+                "CLERK_SYNC_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+                defaults.db_idle_in_transaction_timeout_ms,
+            ),
             ledger_redeliver_after_seconds=_int(
                 env,
                 "CLERK_SYNC_LEDGER_REDELIVER_AFTER_SECONDS",
@@ -218,8 +230,13 @@ class Settings:
             worker_metrics_port=_int(
                 env, "CLERK_SYNC_WORKER_METRICS_PORT", defaults.worker_metrics_port
             ),
+            batch_size=_int(env, "CLERK_SYNC_BATCH_SIZE", defaults.batch_size, 1),
+            batch_flush_interval_ms=_int(
+                env, "CLERK_SYNC_BATCH_FLUSH_INTERVAL_MS", defaults.batch_flush_interval_ms, 1
+            ),
         )
         settings.check_retry_window()
+        settings.check_batch_window()
         return settings
 
     @staticmethod
@@ -239,6 +256,19 @@ class Settings:
                 "CLERK_SYNC_RETRY_BACKOFF_MAX_SECONDS must be smaller than "
                 "CLERK_SYNC_VISIBILITY_TIMEOUT_SECONDS"
             )
+
+    def check_batch_window(self) -> None:
+        """Messages a worker holds in its buffer are unacknowledged and count against the
+        visibility timeout: the flush interval must stay far below it."""
+        if self.batch_flush_interval_ms * 10 > self.visibility_timeout_seconds * 1000:
+            raise SettingsError(
+                "CLERK_SYNC_BATCH_FLUSH_INTERVAL_MS must be at most a tenth of "
+                "CLERK_SYNC_VISIBILITY_TIMEOUT_SECONDS"
+            )
+
+    @property
+    def batch_flush_interval_seconds(self) -> float:
+        return self.batch_flush_interval_ms / 1000
 
     def require_webhook_secrets(self) -> None:
         """At least one secret, each well-formed (also when ``Settings`` was built in code and

@@ -16,6 +16,7 @@ OUTCOMES = (
     "bad_signature",
     "stale",
     "too_large",
+    "body_timeout",
     "malformed",
     "broker_down",
 )

@@ -1,15 +1,19 @@
 """The queue contract between ingress and workers, and the ledger of accepted events.
 
-The ingress publishes an ordinary Celery task message naming ``APPLY_EVENT_TASK`` with arguments
-``(svix_id, payload, received_at_ms)``; it never imports the worker code. Before publishing, it
-writes the event to a ledger in Redis, and the worker removes it only after the event's outcome is
-committed. kombu's Redis transport can lose a message taken by a worker that dies before recording
-it as unacknowledged; the ledger sweeper re-publishes whatever stays in the ledger too long.
+The ingress publishes an ordinary Celery task message (protocol 2) naming ``APPLY_EVENT_TASK``
+with arguments ``(svix_id, payload, received_at_ms)``; it never imports the worker code. On a
+Redis broker the message goes out in the same ``MULTI``/``EXEC`` transaction that writes the event
+to a ledger, so an accepted event is always both queued and in the ledger (one round trip); the
+worker removes it from the ledger only after the event's outcome is committed. kombu's Redis
+transport can lose a message taken by a worker that dies before recording it as unacknowledged;
+the ledger sweeper re-publishes whatever stays in the ledger too long.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +21,12 @@ from typing import Any, Final
 
 import redis
 from celery import Celery
+from celery.utils.nodenames import anon_nodename
+from kombu import serialization as kombu_serialization
+from kombu.connection import Connection
 from kombu.exceptions import OperationalError as KombuOperationalError
+from kombu.utils.json import dumps as kombu_json_dumps
+from kombu.utils.uuid import uuid
 
 from clerk_sync.settings import Settings
 
@@ -43,6 +52,14 @@ class QueuedEvent:
 
     def task_args(self) -> list[Any]:
         return [self.svix_id, self.payload, self.received_at_ms]
+
+    def argsrepr(self) -> str:
+        """What Celery's logs and Flower show instead of the arguments: the payload holds names
+        and email addresses."""
+        return (
+            f"({self.svix_id!r}, <payload of {len(self.payload)} characters>, "
+            f"{self.received_at_ms})"
+        )
 
 
 def broker_configuration(settings: Settings) -> dict[str, Any]:
@@ -77,6 +94,16 @@ def broker_configuration(settings: Settings) -> dict[str, Any]:
     }
 
 
+def redis_client(settings: Settings) -> redis.Redis[bytes]:
+    """A client of the broker's Redis with the publish timeouts (a pool of connections,
+    thread-safe, reset by redis-py in a forked child)."""
+    return redis.Redis.from_url(
+        settings.broker_url,
+        socket_connect_timeout=settings.broker_publish_timeout_seconds,
+        socket_timeout=max(settings.broker_publish_timeout_seconds, 5.0),
+    )
+
+
 class Ledger:
     """Accepted-but-not-yet-committed events, kept in Redis beside the queue."""
 
@@ -87,22 +114,25 @@ class Ledger:
     def for_settings(cls, settings: Settings) -> Ledger | None:
         if not settings.uses_redis_broker:
             return None
-        return cls(
-            redis.Redis.from_url(
-                settings.broker_url,
-                socket_connect_timeout=settings.broker_publish_timeout_seconds,
-                socket_timeout=max(settings.broker_publish_timeout_seconds, 5.0),
-            )
-        )
+        return cls(redis_client(settings))
 
-    def remember(self, event: QueuedEvent, due_at: float) -> None:
-        pipeline = self._client.pipeline(transaction=True)
+    @property
+    def client(self) -> redis.Redis[bytes]:
+        return self._client
+
+    @staticmethod
+    def stage(pipeline: Any, event: QueuedEvent, due_at: float) -> None:
+        """Add the ledger writes for ``event`` to a (transactional) pipeline."""
         pipeline.hset(
             LEDGER_MESSAGES_KEY,
             event.svix_id,
             json.dumps([event.payload, event.received_at_ms]),
         )
         pipeline.zadd(LEDGER_DUE_KEY, {event.svix_id: due_at})
+
+    def remember(self, event: QueuedEvent, due_at: float) -> None:
+        pipeline = self._client.pipeline(transaction=True)
+        self.stage(pipeline, event, due_at)
         pipeline.execute()
 
     def forget(self, svix_ids: Sequence[str]) -> None:
@@ -141,9 +171,91 @@ class Ledger:
         return bool(self._client.ping())
 
 
+class RedisTaskMessages:
+    """Celery task messages exactly as ``send_task`` over kombu's Redis transport would put them
+    on the queue list, built with Celery's and kombu's own code, without the publish machinery.
+
+    ``app.amqp.as_task_v2`` makes the protocol 2 headers, properties and body; kombu serializes
+    the body and a kombu Redis channel wraps it in the transport's envelope (``prepare_message``
+    and what ``Channel.basic_publish`` adds for the default exchange: the base64 body, a delivery
+    tag and the delivery info), and names the list (``_q_for_pri``) to ``LPUSH`` it onto. The
+    channel is only used for that; it is opened once per process, on first use.
+    """
+
+    def __init__(self, celery_app: Celery, queue_name: str) -> None:
+        self._celery = celery_app
+        self._queue = queue_name
+        self._lock = threading.Lock()
+        self._pid = 0
+        self._channel: Any = None
+        self._origin = ""
+
+    def _format(self) -> Any:
+        if self._pid != os.getpid() or self._channel is None:
+            with self._lock:
+                if self._pid != os.getpid() or self._channel is None:
+                    connection = Connection(  # type: ignore[no-untyped-call]
+                        self._celery.conf.broker_url,
+                        transport_options=dict(self._celery.conf.broker_transport_options),
+                    )
+                    # The transport's own channel constructor: one ping, no retry loop (a
+                    # broker that is down must be a fast 503, not kombu's reconnect backoff).
+                    transport = connection.transport
+                    self._channel = transport.create_channel(transport)
+                    self._origin = anon_nodename()
+                    self._pid = os.getpid()
+        return self._channel
+
+    def build(
+        self,
+        event: QueuedEvent,
+        *,
+        task_id: str | None = None,
+        retries: int = 0,
+        countdown: float | None = None,
+    ) -> tuple[str, str]:
+        """The Redis list and the raw message to ``LPUSH`` onto it."""
+        channel = self._format()
+        task_id = task_id or uuid()
+        headers, properties, body, _sent_event = self._celery.amqp.as_task_v2(
+            task_id,
+            APPLY_EVENT_TASK,
+            args=event.task_args(),
+            kwargs={},
+            retries=retries,
+            countdown=countdown,
+            argsrepr=event.argsrepr(),
+            kwargsrepr="{}",
+            origin=self._origin,
+            ignore_result=True,
+        )
+        content_type, content_encoding, data = kombu_serialization.dumps(  # type: ignore[no-untyped-call]
+            body, serializer="json"
+        )
+        message = channel.prepare_message(
+            data,
+            None,
+            content_type,
+            content_encoding,
+            headers,
+            {**properties, "delivery_mode": 2},
+        )
+        # What kombu's virtual Channel.basic_publish does before Channel._put.
+        message["body"], body_encoding = channel.encode_body(message["body"], channel.body_encoding)
+        message["properties"].update(body_encoding=body_encoding, delivery_tag=uuid())
+        message["properties"]["delivery_info"].update(exchange="", routing_key=self._queue)
+        key = channel._q_for_pri(self._queue, channel._get_message_priority(message))
+        return str(key), str(kombu_json_dumps(message))  # type: ignore[no-untyped-call]
+
+
 class Publisher:
-    """Hands verified events to the broker as Celery task messages, recording them in the ledger
-    first so that an acknowledged event is never only in a worker's memory."""
+    """Hands verified events to the broker as Celery task messages, together with their ledger
+    entry, so that an acknowledged event is never only in a worker's memory.
+
+    On a Redis broker one ``MULTI``/``EXEC`` round trip writes the ledger entry and pushes the
+    message (both or neither); other brokers (the filesystem broker of ``dev``) go through
+    Celery's ``send_task``.
+    """
 
     def __init__(self, settings: Settings, celery_app: Celery | None = None) -> None:
         self._settings = settings
@@ -152,28 +264,61 @@ class Publisher:
             celery_app.conf.update(broker_configuration(settings))
         self._celery = celery_app
         self.ledger = Ledger.for_settings(settings)
+        self._messages = (
+            RedisTaskMessages(celery_app, settings.queue_name) if self.ledger is not None else None
+        )
 
     def publish(self, event: QueuedEvent) -> None:
-        """Return once the broker holds the message, else raise ``BrokerUnavailableError``."""
+        """Return once the broker holds the message and the ledger the event, else raise
+        ``BrokerUnavailableError``."""
+        due_at = time.time() + self._settings.ledger_redeliver_after_seconds
         try:
-            if self.ledger is not None:
-                self.ledger.remember(
-                    event, time.time() + self._settings.ledger_redeliver_after_seconds
-                )
-            self.send(event)
+            if self.ledger is None or self._messages is None:
+                self._send_task(event)
+                return
+            key, message = self._messages.build(event)
+            pipeline = self.ledger.client.pipeline(transaction=True)
+            self.ledger.stage(pipeline, event, due_at)
+            pipeline.lpush(key, message)
+            pipeline.execute()
         except BROKER_ERRORS as error:
             raise BrokerUnavailableError(type(error).__name__) from error
 
-    def send(self, event: QueuedEvent) -> None:
-        """Publish the task message alone (the sweeper re-sends events already in the ledger)."""
+    def send(
+        self,
+        event: QueuedEvent,
+        *,
+        task_id: str | None = None,
+        retries: int = 0,
+        countdown: float | None = None,
+    ) -> None:
+        """Publish the task message alone: the sweeper re-sends events already in the ledger,
+        and a worker retrying an event sends it again (same ``task_id``, ``retries`` counted,
+        due after ``countdown`` seconds). Broker errors propagate as they are."""
+        if self.ledger is None or self._messages is None:
+            self._send_task(event, task_id=task_id, retries=retries, countdown=countdown)
+            return
+        key, message = self._messages.build(
+            event, task_id=task_id, retries=retries, countdown=countdown
+        )
+        self.ledger.client.lpush(key, message)
+
+    def _send_task(
+        self,
+        event: QueuedEvent,
+        *,
+        task_id: str | None = None,
+        retries: int = 0,
+        countdown: float | None = None,
+    ) -> None:
         self._celery.send_task(
             APPLY_EVENT_TASK,
             args=event.task_args(),
             queue=self._settings.queue_name,
-            # What Celery's logs and Flower show instead of the arguments: the payload holds
-            # names and email addresses.
-            argsrepr=f"({event.svix_id!r}, <payload of {len(event.payload)} characters>, "
-            f"{event.received_at_ms})",
+            task_id=task_id,
+            retries=retries,
+            countdown=countdown,
+            argsrepr=event.argsrepr(),
             retry=True,
             retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2},
         )

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, create_engine, event, func, text
+from sqlalchemy import Connection, Engine, Table, bindparam, create_engine, event, func, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -14,12 +14,20 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 
 
-def make_engine(url: str, *, lock_timeout_ms: int = 10_000, **engine_options: Any) -> Engine:
+def make_engine(
+    url: str,
+    *,
+    lock_timeout_ms: int = 10_000,
+    idle_in_transaction_timeout_ms: int = 0,
+    **engine_options: Any,
+) -> Engine:
     """Create an engine; no connection is opened until first use.
 
     SQLite transactions start with ``BEGIN IMMEDIATE`` so that concurrent writers queue on the
     database lock instead of failing when a read transaction is upgraded to a write. PostgreSQL
-    sessions get a ``lock_timeout`` so a stuck lock surfaces as a retryable error, not a hang.
+    sessions get a ``lock_timeout`` so a stuck lock surfaces as a retryable error, not a hang,
+    and, given ``idle_in_transaction_timeout_ms``, are ended by the server when their client
+    stops talking in the middle of a transaction, so the locks it holds do not outlive it.
     Statement parameters are kept out of error messages: they hold names and email addresses,
     and errors end up in logs.
     """
@@ -35,6 +43,10 @@ def make_engine(url: str, *, lock_timeout_ms: int = 10_000, **engine_options: An
     connect_args: dict[str, Any] = {}
     if url.startswith("postgresql"):
         connect_args["options"] = f"-c lock_timeout={lock_timeout_ms}"
+        if idle_in_transaction_timeout_ms:
+            connect_args["options"] += (
+                f" -c idle_in_transaction_session_timeout={idle_in_transaction_timeout_ms}"
+            )
         connect_args["connect_timeout"] = 10
     return create_engine(
         url,
@@ -86,11 +98,60 @@ def lock_user(connection: Connection, user_id: str) -> None:
     _advisory_lock(connection, f"user:{user_id}")
 
 
+LOCK_MANY = text(
+    "SELECT count(pg_advisory_xact_lock(lock_id)) FROM unnest(("
+    "SELECT array_agg(DISTINCT hashtextextended(key, 0) ORDER BY hashtextextended(key, 0)) "
+    "FROM unnest(CAST(:keys AS text[])) AS key)) AS lock_id"
+)
+"""Take the advisory locks of many keys, in ascending order of lock id: the inner query sorts
+the ids into an array, the outer one locks them one by one in array order."""
+
+
+HELD_LOCKS = "clerk_sync.held_locks"
+"""``Connection.info`` key: lock keys this connection's transaction already holds."""
+
+
+@contextmanager
+def holding_locks(
+    connection: Connection, organization_ids: Iterable[str], user_ids: Iterable[str]
+) -> Iterator[None]:
+    """Take, up front, every lock that a batch of mutations will take one by one, and let the
+    mutations inside the block skip taking them again.
+
+    The locks are the same as ``lock_organization``'s and ``lock_user``'s, in one global order:
+    organizations before users, as every single mutation takes them, and within each kind by
+    lock id. Transactions that lock several organizations this way wait for each other instead
+    of deadlocking, whatever order their events come in. They are transaction-level locks taken
+    outside any savepoint: held until the transaction ends, whatever savepoints roll back. Use
+    it in the transaction, and run nothing after the block that relies on the skipped locks.
+    Ids that PostgreSQL text cannot hold (NUL) are left out: their mutation fails on its own.
+    """
+    if connection.dialect.name != "postgresql":
+        yield
+        return
+    held: set[str] = set()
+    for prefix, ids in (("organization", organization_ids), ("user", user_ids)):
+        keys = sorted({f"{prefix}:{value}" for value in ids if "\x00" not in value})
+        if keys:
+            connection.execute(LOCK_MANY, {"keys": keys})
+            held.update(keys)
+    connection.info[HELD_LOCKS] = held
+    try:
+        yield
+    finally:
+        # ``info`` belongs to the pooled DBAPI connection and outlives the transaction.
+        connection.info.pop(HELD_LOCKS, None)
+
+
+_LOCK_ONE = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
+
+
 def _advisory_lock(connection: Connection, key: str) -> None:
     if connection.dialect.name == "postgresql":
-        connection.execute(
-            text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": key}
-        )
+        held = connection.info.get(HELD_LOCKS)
+        if held is not None and key in held:
+            return
+        connection.execute(_LOCK_ONE, {"key": key})
 
 
 class LockBusyError(RuntimeError):
@@ -120,6 +181,30 @@ def hold_session_lock(engine: Engine, key: str) -> Iterator[None]:
             connection.execute(
                 text("SELECT pg_advisory_unlock(hashtextextended(:key, 0))"), parameters
             )
+
+
+_STATEMENTS: dict[tuple[str, str], Any] = {}
+
+
+def cached_statement(connection: Connection, name: str, build: Callable[[Connection], Any]) -> Any:
+    """The statement ``build`` makes for this connection's dialect, built once per process and
+    reused with parameters (``bind_parameters``/``bound``): building an ``ON CONFLICT`` upsert
+    and working out its cache key costs more Python time than running it."""
+    key = (connection.dialect.name, name)
+    statement = _STATEMENTS.get(key)
+    if statement is None:
+        statement = _STATEMENTS[key] = build(connection)
+    return statement
+
+
+def bind_parameters(table: Table, names: Iterable[str]) -> dict[str, Any]:
+    """``{column: bindparam}`` for an INSERT's values, typed like the columns."""
+    return {name: bindparam(f"p_{name}", type_=table.c[name].type) for name in names}
+
+
+def bound(values: dict[str, Any]) -> dict[str, Any]:
+    """Values for a statement built with ``bind_parameters``."""
+    return {f"p_{name}": value for name, value in values.items()}
 
 
 def insert_for(connection: Connection, table: Table) -> Any:

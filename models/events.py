@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
-from models.database import insert_for
+from models.database import cached_statement, insert_for
 from models.tables import webhook_events
 
 RECEIVED: Final = "received"
@@ -58,6 +59,111 @@ def claim_event(connection: Connection, event: IncomingEvent) -> str:
             .where(webhook_events.c.svix_id == event.svix_id)
             .with_for_update()
         ).scalar_one()
+    )
+
+
+CLAIM_CHUNK: Final = 500
+"""Rows per statement when many events are claimed at once (well inside parameter limits)."""
+
+
+def claim_events(connection: Connection, events: Sequence[IncomingEvent]) -> dict[str, str]:
+    """``claim_event`` for many events in one go: record the new ones, lock every row and return
+    each event's current status by svix id.
+
+    First the new rows are inserted, in svix-id order: a row this transaction inserts is
+    ``received`` and, uncommitted, locked against every other transaction. Then the rows that
+    were there already are locked and read, in svix-id order too (one statement each, in the
+    common case of no earlier copies just the first). Two transactions claiming overlapping
+    sets (copies of the same events on two workers) therefore wait for each other instead of
+    deadlocking.
+    """
+    unique = sorted({event.svix_id: event for event in events}.values(), key=_svix_id)
+    chunks = [unique[start : start + CLAIM_CHUNK] for start in range(0, len(unique), CLAIM_CHUNK)]
+    statuses: dict[str, str] = {}
+    insert = cached_statement(connection, "claim_events", _insert_new)
+    for chunk in chunks:
+        # One INSERT ... VALUES (...), (...) RETURNING statement ("insertmanyvalues").
+        inserted = connection.execute(
+            insert,
+            [
+                {
+                    "svix_id": event.svix_id,
+                    "event_type": event.event_type,
+                    "status": RECEIVED,
+                    "attempts": 0,
+                    "payload": event.payload,
+                    "event_timestamp": event.event_timestamp,
+                    "received_at": event.received_at,
+                    "organization_id": event.organization_id,
+                }
+                for event in chunk
+            ],
+        )
+        statuses.update(dict.fromkeys((str(svix_id) for svix_id in inserted.scalars()), RECEIVED))
+    existing = [event.svix_id for event in unique if event.svix_id not in statuses]
+    for start in range(0, len(existing), CLAIM_CHUNK):
+        rows = connection.execute(
+            select(webhook_events.c.svix_id, webhook_events.c.status)
+            .where(webhook_events.c.svix_id.in_(existing[start : start + CLAIM_CHUNK]))
+            .order_by(webhook_events.c.svix_id)
+            .with_for_update()
+        )
+        statuses.update({str(row.svix_id): str(row.status) for row in rows})
+    return statuses
+
+
+def _insert_new(connection: Connection) -> Any:
+    return (
+        insert_for(connection, webhook_events)
+        .on_conflict_do_nothing(index_elements=[webhook_events.c.svix_id])
+        .returning(webhook_events.c.svix_id)
+    )
+
+
+def _svix_id(event: IncomingEvent) -> str:
+    return event.svix_id
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one event, to be committed with its mutation."""
+
+    svix_id: str
+    status: str
+    error: str | None = None
+
+
+def finish_events(connection: Connection, outcomes: Sequence[Outcome], *, attempts: int) -> None:
+    """``finish_event`` for many events, in one statement executed for each."""
+    if not outcomes:
+        return
+    now = datetime.now(UTC)
+    connection.execute(
+        cached_statement(connection, "finish_events", _finish),
+        [
+            {
+                "outcome_svix_id": outcome.svix_id,
+                "outcome_status": outcome.status,
+                "outcome_error": outcome.error,
+                "outcome_attempts": attempts,
+                "outcome_at": now,
+            }
+            for outcome in outcomes
+        ],
+    )
+
+
+def _finish(_connection: Connection) -> Any:
+    columns = webhook_events.c
+    return (
+        update(webhook_events)
+        .where(webhook_events.c.svix_id == bindparam("outcome_svix_id"))
+        .values(
+            status=bindparam("outcome_status", type_=columns.status.type),
+            attempts=columns.attempts + bindparam("outcome_attempts", type_=columns.attempts.type),
+            last_error=bindparam("outcome_error", type_=columns.last_error.type),
+            processed_at=bindparam("outcome_at", type_=columns.processed_at.type),
+        )
     )
 
 

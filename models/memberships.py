@@ -10,10 +10,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, or_, select
+from sqlalchemy import Connection, and_, bindparam, delete, or_, select
 
-from models.database import insert_for, lock_organization, lock_user
-from models.organizations import OrganizationSnapshot, upsert_organization
+from models.database import (
+    bind_parameters,
+    bound,
+    cached_statement,
+    insert_for,
+    lock_organization,
+    lock_user,
+)
+from models.organizations import OrganizationSnapshot, write_organization
 from models.tables import organization_memberships
 from models.tombstones import (
     DELETED,
@@ -24,6 +31,7 @@ from models.tombstones import (
     Tombstone,
     bury,
     find_tombstone,
+    find_two_tombstones,
 )
 
 
@@ -45,6 +53,14 @@ class MembershipSnapshot:
     updated_at: int
 
 
+_HOLDER = select(organization_memberships.c.id, organization_memberships.c.created_at).where(
+    organization_memberships.c.organization_id == bindparam("p_organization_id"),
+    organization_memberships.c.user_id == bindparam("p_user_id"),
+    organization_memberships.c.id != bindparam("p_id"),
+)
+"""Another membership id holding the same (organization, user)."""
+
+
 def upsert_membership(connection: Connection, snapshot: MembershipSnapshot) -> bool:
     """Apply a created/updated membership; returns whether the membership row was written.
 
@@ -58,20 +74,23 @@ def upsert_membership(connection: Connection, snapshot: MembershipSnapshot) -> b
     lock_organization(connection, organization_id)
     if find_tombstone(connection, ORGANIZATION, organization_id) is not None:
         return False
-    upsert_organization(connection, snapshot.organization)
+    write_organization(connection, snapshot.organization)
     lock_user(connection, snapshot.user_id)
-    if find_tombstone(connection, USER, snapshot.user_id) is not None:
+    user_tombstone, tombstone = find_two_tombstones(
+        connection, (USER, snapshot.user_id), (ORGANIZATION_MEMBERSHIP, snapshot.id)
+    )
+    if user_tombstone is not None:
         return False
-    tombstone = find_tombstone(connection, ORGANIZATION_MEMBERSHIP, snapshot.id)
     if tombstone is not None and (tombstone.created_at or 0) >= snapshot.created_at:
         return False
 
     holder = connection.execute(
-        select(organization_memberships.c.id, organization_memberships.c.created_at).where(
-            organization_memberships.c.organization_id == organization_id,
-            organization_memberships.c.user_id == snapshot.user_id,
-            organization_memberships.c.id != snapshot.id,
-        )
+        _HOLDER,
+        {
+            "p_organization_id": organization_id,
+            "p_user_id": snapshot.user_id,
+            "p_id": snapshot.id,
+        },
     ).one_or_none()
     if holder is not None:
         if (holder.created_at, holder.id) > (snapshot.created_at, snapshot.id):
@@ -99,12 +118,23 @@ def upsert_membership(connection: Connection, snapshot: MembershipSnapshot) -> b
         "updated_at": snapshot.updated_at,
         "synced_at": datetime.now(UTC),
     }
-    statement = insert_for(connection, organization_memberships).values(values)
+    statement = cached_statement(connection, "upsert_membership", _upsert_statement)
+    return connection.execute(statement, bound(values)).first() is not None
+
+
+COLUMNS = tuple(column.name for column in organization_memberships.columns)
+
+
+def _upsert_statement(connection: Connection) -> Any:
+    """Insert, or overwrite a row holding an older version (``created_at``, ``updated_at``)."""
+    statement = insert_for(connection, organization_memberships).values(
+        bind_parameters(organization_memberships, COLUMNS)
+    )
     incoming = statement.excluded
     current = organization_memberships.c
     statement = statement.on_conflict_do_update(
         index_elements=[current.id],
-        set_={name: incoming[name] for name in values if name != "id"},
+        set_={name: incoming[name] for name in COLUMNS if name != "id"},
         where=or_(
             current.created_at < incoming.created_at,
             and_(
@@ -113,9 +143,7 @@ def upsert_membership(connection: Connection, snapshot: MembershipSnapshot) -> b
         ),
     )
     # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT DO UPDATE.
-    return (
-        connection.execute(statement.returning(organization_memberships.c.id)).first() is not None
-    )
+    return statement.returning(organization_memberships.c.id)
 
 
 def delete_membership(
@@ -132,7 +160,7 @@ def delete_membership(
     lock_organization(connection, organization_id)
     if find_tombstone(connection, ORGANIZATION, organization_id) is not None:
         return
-    upsert_organization(connection, snapshot.organization)
+    write_organization(connection, snapshot.organization)
     remove_membership(connection, organization_id, snapshot.id, snapshot.created_at, deleted_at)
 
 

@@ -8,7 +8,13 @@ from typing import Any
 
 from sqlalchemy import Connection, delete
 
-from models.database import insert_for, lock_organization
+from models.database import (
+    bind_parameters,
+    bound,
+    cached_statement,
+    insert_for,
+    lock_organization,
+)
 from models.tables import organization_memberships, organizations
 from models.tombstones import DELETED, ORGANIZATION, Tombstone, bury, find_tombstone
 
@@ -37,6 +43,13 @@ def upsert_organization(connection: Connection, snapshot: OrganizationSnapshot) 
     lock_organization(connection, snapshot.id)
     if find_tombstone(connection, ORGANIZATION, snapshot.id) is not None:
         return False
+    return write_organization(connection, snapshot)
+
+
+def write_organization(connection: Connection, snapshot: OrganizationSnapshot) -> bool:
+    """The write of ``upsert_organization`` alone, for a caller that holds the organization's
+    lock and found no tombstone for it (a membership mutation): insert, or overwrite an older
+    version. Returns whether a row was written."""
     values = {
         "id": snapshot.id,
         "name": snapshot.name,
@@ -50,14 +63,25 @@ def upsert_organization(connection: Connection, snapshot: OrganizationSnapshot) 
         "updated_at": snapshot.updated_at,
         "synced_at": datetime.now(UTC),
     }
-    statement = insert_for(connection, organizations).values(values)
+    statement = cached_statement(connection, "upsert_organization", _upsert_statement)
+    return connection.execute(statement, bound(values)).first() is not None
+
+
+COLUMNS = tuple(column.name for column in organizations.columns)
+
+
+def _upsert_statement(connection: Connection) -> Any:
+    """Insert, or overwrite a row holding an older version (``updated_at``)."""
+    statement = insert_for(connection, organizations).values(
+        bind_parameters(organizations, COLUMNS)
+    )
     statement = statement.on_conflict_do_update(
         index_elements=[organizations.c.id],
-        set_={name: statement.excluded[name] for name in values if name != "id"},
+        set_={name: statement.excluded[name] for name in COLUMNS if name != "id"},
         where=organizations.c.updated_at < statement.excluded.updated_at,
     )
     # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT DO UPDATE.
-    return connection.execute(statement.returning(organizations.c.id)).first() is not None
+    return statement.returning(organizations.c.id)
 
 
 def delete_organization(connection: Connection, organization_id: str, deleted_at: int) -> None:

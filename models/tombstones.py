@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, and_, bindparam, or_, select
 
 from models.database import greatest, insert_for, least
 from models.tables import tombstones
@@ -29,14 +29,22 @@ class Tombstone:
     reason: str
 
 
+_FIND = select(tombstones).where(
+    tombstones.c.entity_type == bindparam("p_entity_type"),
+    tombstones.c.entity_id == bindparam("p_entity_id"),
+)
+
+
 def find_tombstone(connection: Connection, entity_type: str, entity_id: str) -> Tombstone | None:
     row = connection.execute(
-        select(tombstones).where(
-            tombstones.c.entity_type == entity_type, tombstones.c.entity_id == entity_id
-        )
+        _FIND, {"p_entity_type": entity_type, "p_entity_id": entity_id}
     ).one_or_none()
     if row is None:
         return None
+    return _tombstone(row)
+
+
+def _tombstone(row: Any) -> Tombstone:
     return Tombstone(
         entity_type=row.entity_type,
         entity_id=row.entity_id,
@@ -45,6 +53,39 @@ def find_tombstone(connection: Connection, entity_type: str, entity_id: str) -> 
         deleted_at=row.deleted_at,
         reason=row.reason,
     )
+
+
+_FIND_TWO = select(tombstones).where(
+    or_(
+        and_(
+            tombstones.c.entity_type == bindparam("p_first_type"),
+            tombstones.c.entity_id == bindparam("p_first_id"),
+        ),
+        and_(
+            tombstones.c.entity_type == bindparam("p_second_type"),
+            tombstones.c.entity_id == bindparam("p_second_id"),
+        ),
+    )
+)
+
+
+def find_two_tombstones(
+    connection: Connection, first: tuple[str, str], second: tuple[str, str]
+) -> tuple[Tombstone | None, Tombstone | None]:
+    """``find_tombstone`` for two entities (``(entity_type, entity_id)``) in one query."""
+    found = {
+        (row.entity_type, row.entity_id): _tombstone(row)
+        for row in connection.execute(
+            _FIND_TWO,
+            {
+                "p_first_type": first[0],
+                "p_first_id": first[1],
+                "p_second_type": second[0],
+                "p_second_id": second[1],
+            },
+        )
+    }
+    return found.get(first), found.get(second)
 
 
 def bury(connection: Connection, tombstone: Tombstone) -> None:

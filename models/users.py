@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, delete
 
-from models.database import insert_for, lock_user
+from models.database import bind_parameters, bound, cached_statement, insert_for, lock_user
 from models.tables import organization_memberships, users
 from models.tombstones import DELETED, USER, Tombstone, bury, find_tombstone
 
@@ -51,14 +51,23 @@ def upsert_user(connection: Connection, snapshot: UserSnapshot) -> bool:
         "updated_at": snapshot.updated_at,
         "synced_at": datetime.now(UTC),
     }
-    statement = insert_for(connection, users).values(values)
+    statement = cached_statement(connection, "upsert_user", _upsert_statement)
+    return connection.execute(statement, bound(values)).first() is not None
+
+
+COLUMNS = tuple(column.name for column in users.columns)
+
+
+def _upsert_statement(connection: Connection) -> Any:
+    """Insert, or overwrite a row holding an older version (``updated_at``)."""
+    statement = insert_for(connection, users).values(bind_parameters(users, COLUMNS))
     statement = statement.on_conflict_do_update(
         index_elements=[users.c.id],
-        set_={name: statement.excluded[name] for name in values if name != "id"},
+        set_={name: statement.excluded[name] for name in COLUMNS if name != "id"},
         where=users.c.updated_at < statement.excluded.updated_at,
     )
     # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT DO UPDATE.
-    return connection.execute(statement.returning(users.c.id)).first() is not None
+    return statement.returning(users.c.id)
 
 
 def delete_user(connection: Connection, user_id: str, deleted_at: int) -> None:

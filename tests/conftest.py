@@ -145,6 +145,13 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "CLERK_SYNC_WORKSPACE_METADATA_KEY": settings.workspace_metadata_key,
             "CLERK_SYNC_LOG_FORMAT": settings.log_format,
             "CLERK_SYNC_WORKER_METRICS_PORT": str(settings.worker_metrics_port),
+            "CLERK_SYNC_MAX_BODY_BYTES": str(settings.max_body_bytes),
+            "CLERK_SYNC_BODY_TIMEOUT_SECONDS": str(settings.body_timeout_seconds),
+            "CLERK_SYNC_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS": str(
+                settings.db_idle_in_transaction_timeout_ms
+            ),
+            "CLERK_SYNC_BATCH_SIZE": str(settings.batch_size),
+            "CLERK_SYNC_BATCH_FLUSH_INTERVAL_MS": str(settings.batch_flush_interval_ms),
         }
     )
     return env

@@ -1,9 +1,11 @@
-"""The Celery app: one task applies one event; a periodic task sweeps the ledger."""
+"""The Celery app: ``clerk_sync.apply_event`` applies queued events (in batches on a Redis
+broker, see ``workers.batches``); a periodic task sweeps the ledger."""
 
 from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from datetime import timedelta
 from functools import cached_property
@@ -11,7 +13,7 @@ from typing import Any
 
 import structlog
 from celery import Celery, Task, signals
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from clerk_sync.logs import configure_logging
 from clerk_sync.settings import Settings
@@ -25,6 +27,12 @@ from ingress.queue import (
 )
 from models.database import is_transient, make_engine, transaction
 from models.events import APPLIED, DEAD, FINISHED, event_status
+from workers.batches import (
+    BatchingTask,
+    batching_options,
+    prefetch_multiplier,
+    register_runtime,
+)
 from workers.metrics import WorkerMetrics
 from workers.processing import (
     apply_with_short_retries,
@@ -49,7 +57,9 @@ class WorkerRuntime:
     @cached_property
     def engine(self) -> Engine:
         return make_engine(
-            self.settings.database_url, lock_timeout_ms=self.settings.db_lock_timeout_ms
+            self.settings.database_url,
+            lock_timeout_ms=self.settings.db_lock_timeout_ms,
+            idle_in_transaction_timeout_ms=self.settings.db_idle_in_transaction_timeout_ms,
         )
 
     @cached_property
@@ -59,6 +69,17 @@ class WorkerRuntime:
     @cached_property
     def publisher(self) -> Publisher:
         return Publisher(self.settings, self._celery)
+
+    def warm_up(self) -> None:
+        """Open a database connection (and the broker client) ahead of the first event; any
+        failure is left for the first event to meet, and retry."""
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            if self.publisher.ledger is not None:
+                self.publisher.ledger.ping()
+        except Exception as error:  # noqa: BLE001 - only an optimisation: logged, not raised
+            log.info("warm-up incomplete", extra={"error": type(error).__name__})
 
     def retry_countdown(self, retries: int) -> float:
         """Exponential backoff with full jitter, capped below the visibility timeout."""
@@ -75,7 +96,7 @@ def celery_configuration(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
-        "worker_prefetch_multiplier": 1,
+        "worker_prefetch_multiplier": prefetch_multiplier(settings),
         "worker_send_task_events": True,
         "task_send_sent_event": False,
         "task_track_started": False,
@@ -113,15 +134,26 @@ def create_celery_app(settings: Settings) -> Celery:
                     extra={"port": settings.worker_metrics_port, "error": str(error)},
                 )
 
+    @signals.worker_process_init.connect(weak=False, dispatch_uid="clerk_sync.warm_up")
+    def warm_up(**_: Any) -> None:
+        """In each new pool process, in the background: connect to the database and Redis now,
+        so that the first events do not wait for it (nor does the pool start-up, which Celery
+        times out, wait for a database that is down)."""
+        threading.Thread(target=runtime.warm_up, name="clerk-sync-warm-up", daemon=True).start()
+
     # shared=False: each task is bound to this app's settings, even if a process creates several.
+    # On a Redis broker the worker batches these messages (BatchingTask's strategy, see
+    # workers.batches); the body below applies one event, for other brokers and eager calls.
     @app.task(
         bind=True,
         shared=False,
+        base=BatchingTask,
         name=APPLY_EVENT_TASK,
         acks_late=True,
         reject_on_worker_lost=True,
         ignore_result=True,
         max_retries=settings.max_retries,
+        **batching_options(settings, register_runtime(runtime)),
     )
     def apply_event(task: Task, svix_id: str, payload: str, received_at_ms: int) -> str:
         """Apply one event; on a transient failure retry with backoff, then dead-letter."""

@@ -5,24 +5,30 @@ from __future__ import annotations
 import json
 import logging
 import traceback
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
 from sqlalchemy import Connection, Engine
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from models.database import is_transient, transaction
+from models.database import holding_locks, is_transient, transaction
 from models.events import (
     APPLIED,
     DEAD,
     FINISHED,
     SKIPPED,
     IncomingEvent,
+    Outcome,
     claim_event,
+    claim_events,
     finish_event,
+    finish_events,
     note_failed_attempt,
 )
-from workers.handlers import HANDLERS
+from workers.handlers import HANDLERS, lock_targets
 from workers.handlers.payloads import PoisonEventError, read_envelope, to_milliseconds
 
 log = logging.getLogger("clerk_sync.worker")
@@ -121,6 +127,84 @@ def apply_event(engine: Engine, event: IncomingEvent, workspace_key: str) -> str
     return outcome
 
 
+@dataclass(frozen=True)
+class BatchResult:
+    """What ``apply_batch`` did with one event."""
+
+    status: str
+    duplicate: bool
+    """Already finished by an earlier delivery: acknowledged and ignored."""
+
+
+def apply_batch(
+    engine: Engine, events: Sequence[IncomingEvent], workspace_key: str
+) -> dict[str, BatchResult]:
+    """Record and apply many events (distinct svix ids) in one transaction; returns what became
+    of each, by svix id.
+
+    The same rules as ``apply_event``, event by event: the inbox rows are claimed (and locked,
+    in svix-id order) first, events already applied or skipped are ignored, and each mutation
+    runs in its own savepoint, so a poison event is rolled back alone and committed as ``dead``
+    with its neighbours applied. Before the first mutation, the organization and user locks of
+    all the batch's events are taken in one global order, so concurrent batches cannot
+    deadlock. Transient database errors propagate (the whole batch rolls back).
+    """
+    results: dict[str, BatchResult] = {}
+    with transaction(engine) as connection:
+        statuses = claim_events(connection, events)
+        pending = []
+        for event in events:
+            status = statuses[event.svix_id]
+            if status in FINISHED:
+                results[event.svix_id] = BatchResult(status, duplicate=True)
+            else:
+                pending.append(event)
+        outcomes = []
+        with holding_locks(connection, *locks_of(event.payload for event in pending)):
+            for event in pending:
+                with structlog.contextvars.bound_contextvars(
+                    svix_id=event.svix_id, event_type=event.event_type
+                ):
+                    status, error = apply_payload(connection, event.payload, workspace_key)
+                outcomes.append(Outcome(event.svix_id, status, error))
+                results[event.svix_id] = BatchResult(status, duplicate=False)
+        finish_events(connection, outcomes, attempts=1)
+    for event in events:
+        result = results[event.svix_id]
+        if result.duplicate:
+            log.info("duplicate ignored", extra={**_context(event), "status": result.status})
+        else:
+            log.info("event processed", extra={**_context(event), "status": result.status})
+    return results
+
+
+apply_batch_with_short_retries = retry(
+    retry=retry_if_exception(is_transient),
+    stop=stop_after_attempt(IN_PROCESS_ATTEMPTS),
+    wait=wait_random_exponential(multiplier=0.05, max=1.0),
+    reraise=True,
+)(apply_batch)
+
+
+def locks_of(payloads: Iterable[str]) -> tuple[set[str], set[str]]:
+    """The organizations and users whose locks applying these payloads takes (for
+    ``models.database.holding_locks``)."""
+    organizations: set[str] = set()
+    users: set[str] = set()
+    for payload in payloads:
+        payload_organizations, payload_users = lock_targets(_parsed(payload))
+        organizations |= payload_organizations
+        users |= payload_users
+    return organizations, users
+
+
+def _parsed(payload: str) -> Any:
+    try:
+        return json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+
+
 def apply_payload(
     connection: Connection, payload: str, workspace_key: str
 ) -> tuple[str, str | None]:
@@ -165,6 +249,25 @@ def record_retry(engine: Engine, event: IncomingEvent, error: BaseException) -> 
         if not is_transient(failure):
             raise
         log.warning("failed attempt not recorded: database unavailable", extra=_context(event))
+
+
+def record_retries(engine: Engine, failures: Sequence[tuple[IncomingEvent, BaseException]]) -> None:
+    """``record_retry`` for many events in one transaction (in svix-id order), best effort:
+    nothing is raised, the events are safe in the queue either way."""
+    try:
+        with transaction(engine) as connection:
+            for event, error in sorted(failures, key=lambda failure: failure[0].svix_id):
+                note_failed_attempt(
+                    connection, event, attempts=IN_PROCESS_ATTEMPTS, error=_describe(error)
+                )
+    except Exception as failure:
+        level = logging.WARNING if is_transient(failure) else logging.ERROR
+        log.log(
+            level,
+            "failed attempts not recorded",
+            exc_info=not is_transient(failure),
+            extra={"events": len(failures), "error": _describe(failure)},
+        )
 
 
 def dead_letter(engine: Engine, event: IncomingEvent, error: BaseException) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 from sqlalchemy import Connection
 
@@ -25,3 +25,38 @@ HANDLERS: Final[dict[str, Handler]] = {
     "user.updated": on_user_upserted,
     "user.deleted": on_user_deleted,
 }
+
+
+def lock_targets(document: Any) -> tuple[set[str], set[str]]:
+    """The organizations and users whose locks the handler of this (parsed) payload takes, as
+    far as the payload names them: a batch of events takes them all up front, in order
+    (``models.database.lock_organizations_and_users``). Whatever is missing or malformed here
+    makes the handler dead-letter the event anyway."""
+    organizations: set[str] = set()
+    users: set[str] = set()
+    if not isinstance(document, dict):
+        return organizations, users
+    event_type = document.get("type")
+    data = document.get("data")
+    if not isinstance(event_type, str) or not isinstance(data, dict):
+        return organizations, users
+    family, _, action = event_type.partition(".")
+    if event_type not in HANDLERS:
+        return organizations, users
+    if family == "organization":
+        _add(organizations, data.get("id"))
+    elif family == "organizationMembership":
+        organization = data.get("organization")
+        if isinstance(organization, dict):
+            _add(organizations, organization.get("id"))
+        member = data.get("public_user_data")
+        if action != "deleted" and isinstance(member, dict):
+            _add(users, member.get("user_id"))
+    elif family == "user":
+        _add(users, data.get("id"))
+    return organizations, users
+
+
+def _add(target: set[str], value: Any) -> None:
+    if isinstance(value, str) and value:
+        target.add(value)

@@ -1,0 +1,179 @@
+"""Ingress: verify + enqueue under gunicorn, against a bare Flask 204 endpoint (same command)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from bench.context import Context, http_status
+from bench.cpu import CpuTracker, describe, mean_cores, redis_server, tree
+from bench.events import WEBHOOK_PATH, Event, EventStream, Signer
+from bench.pipeline import Server, start_ingress
+from bench.procs import BenchError
+from bench.profiling import record
+from bench.results import BenchResult, Ratio
+from bench.wrk import WrkResult, require_wrk, run_wrk, write_signed_requests
+
+NAME = "ingress"
+TITLE = "Ingress throughput and latency"
+DESCRIPTION = (
+    "wrk POSTs realistic signed Clerk webhooks over {connections} keep-alive connections for "
+    "{seconds:g} s per run to `clerk-sync ingress --workers {workers} --threads {threads}` "
+    "(gthread), which verifies each signature and publishes a Celery task message (and ledger "
+    "entry) to the real Redis broker. Baseline: the same command and gunicorn configuration "
+    "serving a bare Flask view that reads the body and answers 204. Runs alternate between the "
+    "two ({repeats} each, after a warm-up)."
+)
+
+
+def run(context: Context) -> BenchResult:
+    plan = context.plan
+    result = BenchResult(
+        NAME,
+        TITLE,
+        DESCRIPTION.format(
+            connections=plan.ingress_connections,
+            seconds=plan.ingress_seconds,
+            workers=plan.ingress_workers,
+            threads=plan.ingress_threads,
+            repeats=plan.ingress_repeats,
+        ),
+    )
+    require_wrk()
+    queue = f"bench-ingress-{uuid.uuid4().hex[:6]}"
+    events = EventStream(context.tag()).take(plan.signed_requests)
+    requests_file = context.work_dir / "signed-requests.lua"
+    context.services.flush_redis()
+
+    servers: dict[str, Server] = {}
+    for label, bare in (("bare", True), ("ingress", False)):
+        servers[label] = start_ingress(
+            context.supervisor,
+            context.services,
+            name=f"gunicorn-{label}",
+            queue=queue,
+            work_dir=context.work_dir,
+            workers=plan.ingress_workers,
+            threads=plan.ingress_threads,
+            bare=bare,
+        )
+    _probe(servers, events[0])
+
+    rps = {
+        "bare": result.measure("bare Flask 204", "req/s"),
+        "ingress": result.measure("clerk-sync ingress", "req/s"),
+    }
+    p50 = {
+        "bare": result.measure("bare Flask 204 p50", "ms", "lower"),
+        "ingress": result.measure("clerk-sync ingress p50", "ms", "lower"),
+    }
+    p99 = {
+        "bare": result.measure("bare Flask 204 p99", "ms", "lower"),
+        "ingress": result.measure("clerk-sync ingress p99", "ms", "lower"),
+    }
+    runs: list[dict[str, Any]] = []
+    cpu_windows: dict[str, list[dict[str, float]]] = {}
+    redis = redis_server(context.services)
+
+    def one_run(label: str, seconds: float) -> WrkResult:
+        context.services.flush_redis()  # the queue grows by every accepted request
+        write_signed_requests(requests_file, events)
+        cpu = CpuTracker(
+            {f"gunicorn ({label})": tree(servers[label].child.pid), "redis-server": redis}
+        )
+        outcome = run_wrk(
+            servers[label].url + WEBHOOK_PATH,
+            requests_file=requests_file,
+            seconds=seconds,
+            connections=plan.ingress_connections,
+            threads=plan.wrk_threads,
+        )
+        cpu_windows.setdefault(label, []).append(cpu.finish())
+        if label == "ingress":
+            queued = _queue_length(context, queue)
+            accepted = outcome.requests - outcome.errors.get("status", 0)
+            if queued < accepted:
+                raise BenchError(f"ingress answered {accepted} requests but queued {queued}")
+        if outcome.error_count:
+            raise BenchError(f"{label}: wrk saw errors {outcome.errors}")
+        return outcome
+
+    for label in ("bare", "ingress"):
+        context.say(f"ingress: warm-up {label}")
+        one_run(label, plan.ingress_warmup_seconds)
+    cpu_windows.clear()
+    for repeat in range(plan.ingress_repeats):
+        # Alternate which goes first, so a drift in the machine's load hits both alike.
+        order = ("bare", "ingress") if repeat % 2 == 0 else ("ingress", "bare")
+        for label in order:
+            outcome = one_run(label, plan.ingress_seconds)
+            rps[label].add(outcome.requests_per_second)
+            p50[label].add(outcome.latency_ms("p50"))
+            p99[label].add(outcome.latency_ms("p99"))
+            runs.append(
+                {
+                    "repeat": repeat,
+                    "server": label,
+                    "requests": outcome.requests,
+                    "seconds": outcome.seconds,
+                    "req_per_s": outcome.requests_per_second,
+                    "latency_ms": {
+                        key: round(value / 1000, 3) for key, value in outcome.latency_us.items()
+                    },
+                    "errors": outcome.errors,
+                }
+            )
+            context.say(
+                f"ingress: {label} run {repeat + 1}/{plan.ingress_repeats}: "
+                f"{outcome.requests_per_second:.0f} req/s, p99 {outcome.latency_ms('p99'):.1f} ms"
+            )
+    result.details["runs"] = runs
+    for label, windows in cpu_windows.items():
+        cores = mean_cores(windows)
+        result.details[f"cpu_cores_{label}"] = cores
+        result.notes.append(f"{label} runs: {describe(cores, os.cpu_count())}.")
+    result.ratios.append(Ratio("throughput (req/s)", rps["ingress"], rps["bare"], ">= 0.5"))
+    result.ratios.append(Ratio("p99 latency", p99["ingress"], p99["bare"], "<= 2.0"))
+    result.ratios.append(Ratio("p50 latency", p50["ingress"], p50["bare"]))
+
+    if context.profile:
+        result.details["profile"] = _profile(context, servers["ingress"], one_run)
+    for server in servers.values():
+        context.supervisor.stop(server.child)
+    context.services.flush_redis()
+    return result
+
+
+def _probe(servers: dict[str, Server], event: Event) -> None:
+    """One request each: the bare endpoint must answer 204 and the ingress 202."""
+    headers = Signer().headers(event)
+    for label, expected in (("bare", 204), ("ingress", 202)):
+        status = http_status(
+            servers[label].url + WEBHOOK_PATH, "POST", event.body.encode(), headers
+        )
+        if status != expected:
+            raise BenchError(f"{label} answered {status} to a signed webhook, not {expected}")
+
+
+def _queue_length(context: Context, queue: str) -> int:
+    client = context.services.redis()
+    try:
+        return int(client.llen(queue))
+    finally:
+        client.close()
+
+
+def _profile(
+    context: Context, server: Server, one_run: Callable[[str, float], WrkResult]
+) -> dict[str, Any]:
+    """An extra, unmeasured run with py-spy sampling the ingress's gunicorn processes."""
+    seconds = context.plan.ingress_seconds
+    output = context.work_dir / "profile-ingress.txt"
+    recording = record(server.child, output, seconds)
+    if recording is None:
+        return {"error": "py-spy is not installed (pip install py-spy)"}
+    context.say("ingress: profiling an extra run with py-spy")
+    one_run("ingress", seconds)
+    return recording.finish(timeout=seconds + 30)

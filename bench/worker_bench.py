@@ -1,0 +1,123 @@
+"""Worker: sustained events applied per second from a pre-filled queue, against a raw psycopg
+loop doing one single-row upsert per transaction."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from bench.context import Context
+from bench.cpu import describe
+from bench.events import Event, EventStream
+from bench.pipeline import Drain, run_drain
+from bench.procs import Child
+from bench.profiling import Recording, record
+from bench.raw import upsert_loop
+from bench.results import BenchResult, Check, Ratio
+from bench.services import Database
+
+NAME = "worker"
+TITLE = "Worker throughput"
+DESCRIPTION = (
+    "{events:,} realistic mixed events (organizations, memberships, users; creates, updates, "
+    "deletes) are published in order through `ingress.queue.Publisher`, then `clerk-sync worker "
+    "--concurrency {concurrency}` is started and timed until every row of `webhook_events` is "
+    "finished. Throughput is sustained: events between the first and the last `processed_at`. "
+    "Baseline: one process upserting {baseline:,} of the same events into a plain table, one "
+    "single-row `INSERT ... ON CONFLICT DO UPDATE` per transaction, run just before and just "
+    "after the worker."
+)
+
+
+def run(context: Context) -> BenchResult:
+    plan = context.plan
+    result = BenchResult(
+        NAME,
+        TITLE,
+        DESCRIPTION.format(
+            events=plan.worker_events,
+            concurrency=plan.worker_concurrency,
+            baseline=min(plan.worker_baseline_events, plan.worker_events),
+        ),
+    )
+    database = context.database("worker")
+    events = EventStream(context.tag()).take(plan.worker_events)
+    baseline_events = events[: plan.worker_baseline_events]
+
+    baseline = result.measure("raw psycopg upsert loop", "events/s")
+    worker = result.measure(f"clerk-sync worker x{plan.worker_concurrency}", "events/s")
+    wall = result.measure("clerk-sync worker, wall time incl. start-up", "events/s")
+    publish = result.measure("prefill through Publisher", "events/s")
+    cpu_cost = result.measure("CPU per event (worker + PostgreSQL)", "ms", "lower")
+
+    context.say(f"worker: raw baseline on {len(baseline_events):,} events")
+    baseline.add(upsert_loop(database.url, baseline_events))
+    context.say(f"worker: draining {len(events):,} events")
+    drained, publish_seconds = run_drain(
+        context.supervisor,
+        context.services,
+        database,
+        events,
+        name="worker",
+        concurrency=plan.worker_concurrency,
+        work_dir=context.work_dir,
+        timeout=max(300.0, len(events) / 20),
+    )
+    worker.add(drained.events_per_second)
+    wall.add(drained.events / drained.wall_seconds)
+    publish.add(len(events) / publish_seconds)
+    cpu_cost.add(drained.cpu_ms_per_event)
+    context.say(f"worker: {drained.events_per_second:.0f} events/s; raw baseline again")
+    baseline.add(upsert_loop(database.url, baseline_events))
+
+    result.ratios.append(Ratio("events/s", worker, baseline))
+    result.checks.append(_no_dead_letters(drained))
+    result.details["cpu_cores"] = drained.cpu_cores
+    result.notes.append(f"During the drain: {describe(drained.cpu_cores, os.cpu_count())}.")
+    result.details["statuses"] = drained.statuses
+    result.details["span_seconds"] = drained.span_seconds
+    result.details["wall_seconds"] = drained.wall_seconds
+    result.details["event_types"] = _event_types(events)
+
+    if context.profile:
+        result.details["profile"] = _profile(context, database, plan.worker_events)
+    return result
+
+
+def _no_dead_letters(drained: Drain) -> Check:
+    dead = drained.statuses.get("dead", 0)
+    return Check("no dead letters", f"{dead} dead", "0 dead", dead == 0)
+
+
+def _event_types(events: list[Event]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for event in events:
+        counts[event.event_type] = counts.get(event.event_type, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _profile(context: Context, database: Database, size: int) -> dict[str, Any]:
+    """An extra, unmeasured drain with py-spy sampling the worker's processes."""
+    events = EventStream(context.tag()).take(min(size, 10_000))
+    recordings: list[Recording] = []
+
+    def attach(worker: Child) -> None:
+        recording = record(worker, context.work_dir / "profile-worker.txt", seconds=3600)
+        if recording is not None:
+            recordings.append(recording)
+
+    context.say(f"worker: profiling an extra drain of {len(events):,} events with py-spy")
+    run_drain(
+        context.supervisor,
+        context.services,
+        database,
+        events,
+        name="worker-profiled",
+        concurrency=context.plan.worker_concurrency,
+        work_dir=context.work_dir,
+        timeout=max(300.0, len(events) / 10),
+        on_started=attach,
+    )
+    if not recordings:
+        return {"error": "py-spy is not installed (pip install py-spy)"}
+    return recordings[0].stop()

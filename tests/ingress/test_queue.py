@@ -1,0 +1,102 @@
+"""The message the ingress pushes itself (one MULTI/EXEC with the ledger) is the message Celery's
+``send_task`` would have queued: same protocol 2 headers, body and kombu envelope."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from datetime import datetime
+from typing import Any
+
+import redis
+from celery import Celery
+
+from clerk_sync.settings import Settings
+from ingress.queue import (
+    APPLY_EVENT_TASK,
+    LEDGER_DUE_KEY,
+    LEDGER_MESSAGES_KEY,
+    Publisher,
+    QueuedEvent,
+    broker_configuration,
+)
+from tests.conftest import queue_length
+from tests.ingress.conftest import decode_message, ledger_ids
+
+VARYING_HEADERS = {"id", "root_id", "origin", "ignore_result"}
+
+
+def raw_messages(client: redis.Redis[bytes], queue: str) -> list[dict[str, Any]]:
+    return [json.loads(raw) for raw in client.lrange(queue, 0, -1)]
+
+
+def test_publish_queues_the_message_send_task_would_and_the_ledger_entry(
+    settings: Settings, redis_client: redis.Redis[bytes]
+) -> None:
+    event = QueuedEvent("msg_1", '{"type": "organization.created", "data": {}}', 1_700_000_000_000)
+    Publisher(settings).publish(event)
+    [ours] = raw_messages(redis_client, settings.queue_name)
+    assert ledger_ids(redis_client) == {"msg_1"}
+    assert json.loads(redis_client.hget(LEDGER_MESSAGES_KEY, "msg_1")) == [
+        event.payload,
+        event.received_at_ms,
+    ]
+    due = redis_client.zscore(LEDGER_DUE_KEY, "msg_1")
+    assert due is not None
+    assert abs(due - (time.time() + settings.ledger_redeliver_after_seconds)) < 60
+    redis_client.delete(settings.queue_name)
+
+    celery = Celery("reference", set_as_current=False)
+    celery.conf.update(broker_configuration(settings))
+    celery.send_task(
+        APPLY_EVENT_TASK, args=event.task_args(), queue=settings.queue_name, argsrepr="x"
+    )
+    [reference] = raw_messages(redis_client, settings.queue_name)
+
+    assert set(ours) == set(reference)
+    for name in ("content-type", "content-encoding"):
+        assert ours[name] == reference[name], name
+    assert base64.b64decode(ours["body"]) == base64.b64decode(reference["body"])
+    assert set(ours["headers"]) == set(reference["headers"])
+    for name in set(ours["headers"]) - VARYING_HEADERS - {"argsrepr"}:
+        assert ours["headers"][name] == reference["headers"][name], name
+    assert ours["headers"]["id"] == ours["headers"]["root_id"]
+    assert ours["headers"]["argsrepr"] == event.argsrepr()
+    assert "organization.created" not in ours["headers"]["argsrepr"], "no payload in the repr"
+    for name in ("delivery_info", "priority", "body_encoding", "delivery_mode"):
+        assert ours["properties"][name] == reference["properties"][name], name
+    assert ours["properties"]["correlation_id"] == ours["headers"]["id"]
+    message = decode_message(json.dumps(ours).encode())
+    assert message.headers["task"] == APPLY_EVENT_TASK
+    assert message.args == event.task_args()
+
+
+def test_send_carries_the_task_id_retries_and_countdown_of_a_retry(
+    settings: Settings, redis_client: redis.Redis[bytes]
+) -> None:
+    publisher = Publisher(settings)
+    event = QueuedEvent("msg_2", "{}", 1)
+    before = time.time()
+    publisher.send(event, task_id="task-1", retries=3, countdown=5.0)
+    assert ledger_ids(redis_client) == set(), "send leaves the ledger alone"
+    [raw] = raw_messages(redis_client, settings.queue_name)
+    assert raw["headers"]["id"] == "task-1"
+    assert raw["headers"]["retries"] == 3
+    eta = datetime.fromisoformat(raw["headers"]["eta"]).timestamp()
+    assert before + 4 < eta < time.time() + 6
+    publisher.send(event)
+    assert queue_length(redis_client, settings.queue_name) == 2
+
+
+def test_one_message_list_per_queue_and_no_routing_keys(
+    settings: Settings, redis_client: redis.Redis[bytes]
+) -> None:
+    """The publish path touches nothing but the queue list and the ledger (no kombu binding
+    look-ups or declarations per request)."""
+    publisher = Publisher(settings)
+    for number in range(3):
+        publisher.publish(QueuedEvent(f"msg_{number}", "{}", 1))
+    assert sorted(key.decode() for key in redis_client.keys("*")) == sorted(
+        [settings.queue_name, LEDGER_DUE_KEY, LEDGER_MESSAGES_KEY]
+    )

@@ -1,0 +1,367 @@
+"""Batches: many queued events applied in one transaction (``workers.batches``).
+
+The pool-process side (``process_batch``, ``apply_batch``) is driven directly here, on real
+PostgreSQL (and SQLite) and Redis; the last tests run real worker processes, whose main process
+buffers the queued messages and hands them over in batches.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, func, select
+
+from clerk_sync.settings import Settings, SettingsError
+from ingress.queue import LEDGER_DUE_KEY, Publisher, QueuedEvent
+from models.tables import organizations, webhook_events
+from tests.conftest import empty_tables, queue_length, wait_for
+from tests.factories import (
+    body_of,
+    event,
+    membership_data,
+    new_svix_id,
+    organization_data,
+)
+from tests.models.histories import ClerkHistory, Delivery
+from tests.models.support import WORKSPACE_KEY, synced_tables
+from tests.workers.conftest import inbox_row
+from workers.app import WorkerRuntime, create_celery_app
+from workers.batches import BatchItem, prefetch_multiplier, process_batch
+from workers.processing import apply_batch, describe_event
+
+RECEIVED_AT_MS = 1_800_000_000_000
+
+
+def item(payload: dict[str, Any] | str, svix_id: str | None = None, retries: int = 0) -> BatchItem:
+    body = payload if isinstance(payload, str) else body_of(payload)
+    return BatchItem(uuid.uuid4().hex, svix_id or new_svix_id(), body, RECEIVED_AT_MS, retries)
+
+
+def deliveries_as_items(deliveries: list[Delivery]) -> list[BatchItem]:
+    return [item(delivery.body, delivery.svix_id) for delivery in deliveries]
+
+
+def org_names(engine: Engine) -> dict[str, str]:
+    with engine.connect() as connection:
+        return dict(connection.execute(select(organizations.c.id, organizations.c.name)).all())
+
+
+@pytest.fixture
+def runtime(settings: Settings, pg_engine: Engine) -> Iterator[WorkerRuntime]:
+    """What a pool process works with, on the test PostgreSQL and Redis."""
+    runtime: WorkerRuntime = create_celery_app(settings).clerk_sync_runtime
+    yield runtime
+    runtime.engine.dispose()
+
+
+@pytest.fixture
+def sqlite_runtime(
+    settings: Settings, sqlite_url: str, redis_client: redis.Redis[bytes]
+) -> Iterator[WorkerRuntime]:
+    runtime: WorkerRuntime = create_celery_app(
+        replace(settings, database_url=sqlite_url)
+    ).clerk_sync_runtime
+    empty_tables(runtime.engine)
+    yield runtime
+    runtime.engine.dispose()
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def any_runtime(request: pytest.FixtureRequest) -> WorkerRuntime:
+    return request.getfixturevalue("runtime" if request.param == "postgresql" else "sqlite_runtime")
+
+
+def test_a_poison_event_in_the_middle_of_a_batch_is_dead_and_its_neighbours_applied(
+    any_runtime: WorkerRuntime, redis_client: redis.Redis[bytes]
+) -> None:
+    engine = any_runtime.engine
+    first = organization_data("org_first", name="First")
+    last = organization_data("org_last", name="Last")
+    poison = membership_data(first)
+    del poison["public_user_data"]["user_id"]
+    items = [
+        item(event("organization.created", first)),
+        item(event("organizationMembership.created", membership_data(first, user_id="user_a"))),
+        item(event("organizationMembership.created", poison)),
+        item("{not json"),
+        item(event("session.created", {"object": "session", "id": "sess_1"})),
+        item(event("organization.created", last)),
+    ]
+    publisher = Publisher(any_runtime.settings)
+    for queued in items:  # as the ingress left them: in the ledger
+        assert publisher.ledger is not None
+        publisher.ledger.remember(
+            QueuedEvent(queued.svix_id, queued.payload, queued.received_at_ms), time.time()
+        )
+
+    outcomes = process_batch(any_runtime, items)
+
+    assert outcomes == ["applied", "applied", "dead", "dead", "skipped", "applied"]
+    assert org_names(engine) == {"org_first": "First", "org_last": "Last"}
+    dead = inbox_row(engine, items[2].svix_id)
+    assert dead is not None
+    assert dead["status"] == "dead"
+    assert dead["attempts"] == 1
+    assert "public_user_data.user_id" in dead["last_error"]
+    for neighbour in (items[1], items[5]):
+        row = inbox_row(engine, neighbour.svix_id)
+        assert row is not None
+        assert (row["status"], row["attempts"], row["last_error"]) == ("applied", 1, None)
+    assert redis_client.zcard(LEDGER_DUE_KEY) == 0, "one ledger call for the whole batch"
+
+
+def test_duplicates_within_a_batch_and_of_earlier_deliveries_are_applied_once(
+    any_runtime: WorkerRuntime,
+) -> None:
+    engine = any_runtime.engine
+    earlier = item(event("organization.created", organization_data("org_old", name="Old")))
+    assert process_batch(any_runtime, [earlier]) == ["applied"]
+    renamed = organization_data("org_old", name="Renamed", updated_at=10**13)
+    new = item(event("organization.created", organization_data("org_new", name="New")))
+    copy_of_new = replace(new, task_id=uuid.uuid4().hex)
+    # A Svix retry of the earlier event (same svix id) with a different body must be ignored.
+    earlier_again = item(event("organization.updated", renamed), svix_id=earlier.svix_id)
+
+    outcomes = process_batch(any_runtime, [new, earlier_again, copy_of_new, new])
+
+    assert outcomes == ["applied", "applied", "applied", "applied"]
+    assert org_names(engine) == {"org_old": "Old", "org_new": "New"}
+    for svix_id in (new.svix_id, earlier.svix_id):
+        row = inbox_row(engine, svix_id)
+        assert row is not None
+        assert (row["status"], row["attempts"]) == ("applied", 1)
+
+
+def test_a_shuffled_batch_of_one_organizations_history_converges(
+    any_runtime: WorkerRuntime,
+) -> None:
+    """Every version of one organization and its members, with a member removed and re-added
+    and the organization finally deleted, in one shuffled batch: the same tables as in-order
+    application, which here means everything gone and tombstoned."""
+    history = ClerkHistory(organization_slots=1, user_count=4)
+    history.create_organization(with_creator=True)
+    organization_id = next(iter(history.organizations))
+    for step in range(40):
+        history.perform(step % 6, step, step * 7, 1 + step % 3)
+    survivor = history.expected_state()
+    rng = random.Random(7)
+    events = list(history.events)
+    rng.shuffle(events)
+
+    outcomes = process_batch(any_runtime, deliveries_as_items(events))
+
+    assert set(outcomes) == {"applied"}
+    assert synced_tables(any_runtime.engine) == survivor
+    assert [row["id"] for row in survivor[0]] == [organization_id]
+
+    history.clock += 1
+    history.delete_organization(organization_id, member_events=True)
+    rng.shuffle(history.events)
+    empty_tables(any_runtime.engine)
+    assert set(process_batch(any_runtime, deliveries_as_items(history.events))) == {"applied"}
+    assert synced_tables(any_runtime.engine) == history.expected_state()
+    assert history.expected_state()[0] == []
+
+
+KINDS = st.sampled_from([0, 1, 1, 2, 2, 2, 2, 3, 3, 4, 4, 5, 5, 6, 7, 8])
+ACTION = st.tuples(
+    KINDS,
+    st.integers(min_value=0, max_value=11),
+    st.integers(min_value=0, max_value=59),
+    st.sampled_from([1, 1, 2, 1000, 60_000]),
+)
+
+
+def test_any_order_cut_into_any_batches_converges(
+    any_runtime: WorkerRuntime, redis_client: redis.Redis[bytes]
+) -> None:
+    """The property of ``tests/models/test_convergence.py`` for batches: shuffled deliveries with
+    duplicates (same svix id, or the same body under a second one), cut into batches of random
+    sizes, end in the tables of in-order application."""
+
+    @settings(
+        max_examples=25,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+        database=None,
+    )
+    @given(data=st.data(), actions=st.lists(ACTION, min_size=1, max_size=30))
+    def converges(data: Any, actions: list[tuple[int, int, int, int]]) -> None:
+        history = ClerkHistory(organization_slots=3, user_count=3)
+        for action in actions:
+            history.perform(*action)
+        sent = list(history.events)
+        for original in history.events:
+            if data.draw(st.integers(min_value=0, max_value=4)) == 0:
+                sent.append(original)
+            if data.draw(st.integers(min_value=0, max_value=6)) == 0:
+                sent.append(Delivery(f"{original.svix_id}_again", original.body, original.label))
+        sent = data.draw(st.permutations(sent))
+        empty_tables(any_runtime.engine)
+        position = 0
+        while position < len(sent):
+            size = data.draw(st.integers(min_value=1, max_value=12), label="batch size")
+            batch = deliveries_as_items(sent[position : position + size])
+            note(f"batch: {[b.svix_id for b in batch]}")
+            assert set(process_batch(any_runtime, batch)) == {"applied"}
+            position += size
+        assert synced_tables(any_runtime.engine) == history.expected_state()
+
+    converges()
+
+
+@pytest.mark.slow
+def test_concurrent_batches_over_the_same_organizations_do_not_deadlock(
+    pg_engine: Engine,
+) -> None:
+    """Two connections apply batches touching the same organizations and users in opposite
+    orders, without any retry: the locks taken up front, in one global order, make them wait
+    for each other instead of deadlocking. The tables still converge."""
+    history = ClerkHistory(organization_slots=6, user_count=8)
+    for creator in range(6):
+        history.create_organization(with_creator=True, creator=creator)
+        history.clock += 1
+    rng = random.Random(3)
+    for _ in range(300):
+        history.perform(rng.choice([1, 2, 2, 3, 3, 5, 7]), rng.randrange(12), rng.randrange(60), 1)
+    events = [describe_event(d.svix_id, d.body, RECEIVED_AT_MS) for d in history.events]
+    halves = [events[0::2], events[1::2]]
+    failures: list[BaseException] = []
+
+    def apply_in_batches(mine: list[Any], reverse: bool) -> None:
+        ordered = list(reversed(mine)) if reverse else mine
+        try:
+            for start in range(0, len(ordered), 25):
+                apply_batch(pg_engine, ordered[start : start + 25], WORKSPACE_KEY)
+        except Exception as error:  # noqa: BLE001 - reported by the assertion below
+            failures.append(error)
+
+    threads = [
+        threading.Thread(target=apply_in_batches, args=(half, index == 1))
+        for index, half in enumerate(halves)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert failures == []
+    assert synced_tables(pg_engine) == history.expected_state()
+
+
+# -- real workers -------------------------------------------------------------------------------
+
+
+def shuffled_history(events: int, seed: int) -> ClerkHistory:
+    """At least ``events`` events over a dozen organizations and users, everyday changes mostly,
+    deletions of organizations and users rare."""
+    rng = random.Random(seed)
+    history = ClerkHistory(organization_slots=12, user_count=10)
+    kinds = [0, 1, 1, 2, 2, 2, 3, 3, 3, 4, 5, 5, 7, 7] * 30 + [6, 8]
+    while len(history.events) < events:
+        history.perform(rng.choice(kinds), rng.randrange(12), rng.randrange(60), rng.choice([1, 2]))
+    return history
+
+
+@pytest.mark.worker
+@pytest.mark.slow
+def test_a_worker_with_two_processes_applies_a_shuffled_2000_event_history(
+    settings: Settings,
+    pg_engine: Engine,
+    redis_client: redis.Redis[bytes],
+    start_worker: Any,
+) -> None:
+    history = shuffled_history(2000, seed=11)
+    rng = random.Random(11)
+    sent = list(history.events) + rng.sample(history.events, 200)
+    rng.shuffle(sent)
+    publisher = Publisher(settings)
+    for delivery in sent:
+        publisher.publish(QueuedEvent(delivery.svix_id, delivery.body, RECEIVED_AT_MS))
+    assert queue_length(redis_client, settings.queue_name) == len(sent)
+
+    worker = start_worker(settings, concurrency=2)
+
+    def statuses() -> dict[str, int]:
+        with pg_engine.connect() as connection:
+            return dict(
+                connection.execute(
+                    select(webhook_events.c.status, func.count()).group_by(webhook_events.c.status)
+                ).all()
+            )
+
+    wait_for(lambda: statuses().get("applied") == len(history.events), 180, interval=0.5)
+    wait_for(lambda: queue_length(redis_client, settings.queue_name) == 0, 30)
+    wait_for(lambda: redis_client.zcard(LEDGER_DUE_KEY) == 0, 30)
+    wait_for(lambda: redis_client.hlen("unacked") == 0, 30)
+    assert statuses() == {"applied": len(history.events)}
+    assert synced_tables(pg_engine) == history.expected_state()
+    assert history.expected_state()[1], "the history leaves live memberships to compare"
+    log = worker.log()
+    # One task per event would have Celery log each one's result; the batches log none.
+    assert "succeeded in" not in log
+    assert "Traceback" not in log
+    with pg_engine.connect() as connection:
+        attempts = set(connection.execute(select(webhook_events.c.attempts)).scalars())
+    assert attempts == {1}
+
+
+@pytest.mark.worker
+def test_without_batching_the_worker_runs_one_task_per_event(
+    settings: Settings, pg_engine: Engine, start_worker: Any
+) -> None:
+    """``CLERK_SYNC_BATCH_SIZE=1``: Celery's own strategy, one task per message, as before."""
+    settings = replace(settings, batch_size=1)
+    publisher = Publisher(settings)
+    ids = [new_svix_id() for _ in range(3)]
+    for number, svix_id in enumerate(ids):
+        body = body_of(event("organization.created", organization_data(f"org_{number}")))
+        publisher.publish(QueuedEvent(svix_id, body, RECEIVED_AT_MS))
+    worker = start_worker(settings, concurrency=1)
+    for svix_id in ids:
+        wait_for(
+            lambda svix_id=svix_id: (
+                (row := inbox_row(pg_engine, svix_id)) and row["status"] == "applied"
+            )
+        )
+    wait_for(lambda: worker.log().count("succeeded in") == 3)
+
+
+# -- settings -----------------------------------------------------------------------------------
+
+
+def test_batch_settings_come_from_the_environment() -> None:
+    defaults = Settings.from_env({})
+    assert (defaults.batch_size, defaults.batch_flush_interval_ms) == (100, 50)
+    assert prefetch_multiplier(defaults) == 200
+    custom = Settings.from_env(
+        {"CLERK_SYNC_BATCH_SIZE": "20", "CLERK_SYNC_BATCH_FLUSH_INTERVAL_MS": "5"}
+    )
+    assert (custom.batch_size, custom.batch_flush_interval_seconds) == (20, 0.005)
+    assert prefetch_multiplier(custom) == 40
+    assert prefetch_multiplier(Settings.from_env({"CLERK_SYNC_BATCH_SIZE": "1"})) == 1
+    assert prefetch_multiplier(replace(defaults, broker_url="filesystem://")) == 1
+    for env, variable in (
+        ({"CLERK_SYNC_BATCH_SIZE": "0"}, "CLERK_SYNC_BATCH_SIZE"),
+        ({"CLERK_SYNC_BATCH_SIZE": "many"}, "CLERK_SYNC_BATCH_SIZE"),
+        ({"CLERK_SYNC_BATCH_FLUSH_INTERVAL_MS": "0"}, "CLERK_SYNC_BATCH_FLUSH_INTERVAL_MS"),
+        (
+            {
+                "CLERK_SYNC_BATCH_FLUSH_INTERVAL_MS": "40000",
+                "CLERK_SYNC_VISIBILITY_TIMEOUT_SECONDS": "300",
+            },
+            "CLERK_SYNC_BATCH_FLUSH_INTERVAL_MS",
+        ),
+    ):
+        with pytest.raises(SettingsError) as raised:
+            Settings.from_env(env)
+        assert variable in str(raised.value)

@@ -1,0 +1,699 @@
+"""Batches: many queued events applied in one database transaction.
+
+The ingress publishes one ordinary Celery task message per event (``clerk_sync.apply_event``).
+On a Redis broker with the prefork (or solo) pool the worker does not run one task per message:
+the task's *strategy* (the code Celery's main process runs for each message it receives) keeps
+the messages in a buffer and hands them to a pool process as one batch
+
+- at once while a pool process is idle (so at low traffic an event waits for nothing),
+- when ``batch_size`` messages are buffered,
+- or ``batch_flush_interval`` after the first buffered message, whichever comes first.
+
+The pool process applies the batch with ``process_batch``: one transaction, a savepoint per
+event (``workers.processing.apply_batch``), retried as a whole on transient errors; if it keeps
+failing, event by event, and an event that still fails is published again with a backoff (a
+Celery retry) or dead-lettered. Each message is acknowledged by the main process only after the
+pool process returned, that is after its event's outcome was committed (late acknowledgement);
+if the pool process dies, the batch's messages are re-queued (``task_reject_on_worker_lost``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final
+
+from celery import Task, signals
+from celery.utils.imports import symbol_by_name
+from celery.utils.time import timezone
+from celery.worker.request import create_request_cls
+from celery.worker.state import task_accepted, task_ready, task_reserved, task_scheduled
+from celery.worker.strategy import hybrid_to_proto2, proto1_to_proto2
+from kombu.asynchronous.timer import to_timestamp
+from kombu.transport.redis import QoS as RedisQoS
+from kombu.transport.virtual import QoS as VirtualQoS
+
+from ingress.queue import APPLY_EVENT_TASK, BROKER_ERRORS, QueuedEvent
+from models.database import is_transient
+from models.events import APPLIED, DEAD, IncomingEvent
+from workers.processing import (
+    apply_batch_with_short_retries,
+    apply_event,
+    dead_letter,
+    describe_event,
+    record_retries,
+)
+
+if TYPE_CHECKING:
+    from workers.app import WorkerRuntime
+
+log = logging.getLogger("clerk_sync.worker")
+
+RETRY: Final = "retry"
+"""The event failed transiently and was published again with a countdown."""
+FAILED: Final = "failed"
+"""An unexpected error: logged, and the message acknowledged, as Celery does with a failed task
+(the ledger still holds the event)."""
+REQUEUE: Final = "requeue"
+"""The event could not be handed on (the broker is down): the message goes back on the queue."""
+IGNORED: Final = "ignored"
+"""A second copy of an event in the same batch whose first copy was retried or failed."""
+
+CONTENTION_SQLSTATES: Final = frozenset({"55P03", "40P01", "40001"})
+"""Lock timeout, deadlock, serialization failure: one event's trouble, not the database's."""
+
+SUPPORTED_POOLS: Final = frozenset({"celery.concurrency.prefork", "celery.concurrency.solo"})
+"""Pools whose results come back in the main process's event loop (not in other threads)."""
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One message of a batch, as a pool process gets it (it must pickle)."""
+
+    task_id: str
+    svix_id: str
+    payload: str
+    received_at_ms: int
+    retries: int
+
+
+# -- the pool process ---------------------------------------------------------------------------
+
+_RUNTIMES: dict[str, WorkerRuntime] = {}
+"""Per-app runtimes by key, registered before the pool forks: a batch names its runtime."""
+
+
+def register_runtime(runtime: WorkerRuntime) -> str:
+    key = uuid.uuid4().hex
+    _RUNTIMES[key] = runtime
+    return key
+
+
+def run_batch(runtime_key: str, items: list[BatchItem]) -> list[str]:
+    """Entry point in the pool process: one outcome per item (see ``process_batch``)."""
+    try:
+        return process_batch(_RUNTIMES[runtime_key], items)
+    except Exception:
+        log.exception("batch failed unexpectedly", extra={"events": len(items)})
+        return [FAILED] * len(items)
+
+
+def process_batch(runtime: WorkerRuntime, items: Sequence[BatchItem]) -> list[str]:
+    """Apply a batch of queued events; returns, per item, its status (``applied``, ``skipped``,
+    ``dead``) or ``retry``, ``failed``, ``requeue``, ``ignored``."""
+    started = time.perf_counter()
+    settings = runtime.settings
+    events: dict[str, IncomingEvent] = {}
+    first_copy: dict[str, BatchItem] = {}
+    for item in items:
+        if item.svix_id in first_copy:
+            continue
+        first_copy[item.svix_id] = item
+        try:
+            events[item.svix_id] = describe_event(item.svix_id, item.payload, item.received_at_ms)
+        except Exception as error:  # noqa: BLE001 - logged with its traceback, like a failed task
+            _log_unexpected(item, error)
+    unique = list(events.values())
+
+    finished: dict[str, str] = {}
+    transient: dict[str, BaseException] = {}
+    failed: set[str] = set(first_copy) - set(events)
+    try:
+        if unique:
+            results = apply_batch_with_short_retries(
+                runtime.engine, unique, settings.workspace_metadata_key
+            )
+            finished = {svix_id: result.status for svix_id, result in results.items()}
+    except Exception as error:  # noqa: BLE001 - handled event by event below
+        if len(unique) == 1 and is_transient(error):
+            transient[unique[0].svix_id] = error
+        else:
+            log.warning(
+                "batch failed; applying its events one by one",
+                extra={"events": len(unique), "error": _describe(error)},
+            )
+            _one_by_one(runtime, unique, error, started, finished, transient, failed)
+
+    outcomes = _retry_or_dead_letter(runtime, first_copy, events, transient, finished, failed)
+    elapsed = time.perf_counter() - started
+    _observe(runtime, items, events, finished, elapsed)
+    _forget(runtime, list(finished))
+    return [
+        outcomes.get(item.svix_id, FAILED)
+        if first_copy[item.svix_id] is item
+        # Another copy of the same event: it shares a finished outcome, and is dropped otherwise.
+        else finished.get(item.svix_id, IGNORED)
+        for item in items
+    ]
+
+
+def _one_by_one(
+    runtime: WorkerRuntime,
+    events: Sequence[IncomingEvent],
+    batch_error: BaseException,
+    started: float,
+    finished: dict[str, str],
+    transient: dict[str, BaseException],
+    failed: set[str],
+) -> None:
+    """After the batch kept failing: each event in its own transaction, once, so that one
+    event's trouble (a lock held elsewhere, an unexpected error) holds back only that event.
+    When the database itself is failing (not a lock), or the time allowed is spent, the rest
+    are not tried: they go to Celery's backed-off retries at once."""
+    deadline = started + runtime.settings.visibility_timeout_seconds / 4
+    give_up: BaseException | None = None
+    if is_transient(batch_error) and not _is_contention(batch_error):
+        give_up = batch_error
+    for event in events:
+        if give_up is not None:
+            transient[event.svix_id] = give_up
+            continue
+        try:
+            finished[event.svix_id] = apply_event(
+                runtime.engine, event, runtime.settings.workspace_metadata_key
+            )
+        except Exception as error:  # noqa: BLE001 - retried, or logged with its traceback
+            if not is_transient(error):
+                _log_unexpected(event, error)
+                failed.add(event.svix_id)
+                continue
+            transient[event.svix_id] = error
+            if not _is_contention(error) or time.perf_counter() > deadline:
+                give_up = error
+
+
+def _retry_or_dead_letter(
+    runtime: WorkerRuntime,
+    items: dict[str, BatchItem],
+    events: dict[str, IncomingEvent],
+    transient: dict[str, BaseException],
+    finished: dict[str, str],
+    failed: set[str],
+) -> dict[str, str]:
+    """Hand each transiently failing event to a Celery retry (published again, same task id,
+    ``retries`` + 1, after a backoff), or dead-letter it once its retries are exhausted."""
+    outcomes: dict[str, str] = dict(finished)
+    outcomes.update(dict.fromkeys(failed, FAILED))
+    settings = runtime.settings
+    exhausted = [s for s in transient if items[s].retries >= settings.max_retries]
+    retrying = [s for s in transient if items[s].retries < settings.max_retries]
+    unreachable: BaseException | None = None
+    for svix_id in exhausted:
+        if unreachable is None:
+            try:
+                dead_letter(runtime.engine, events[svix_id], transient[svix_id])
+            except Exception as error:  # noqa: BLE001 - logged with its traceback below
+                unreachable = error
+            else:
+                outcomes[svix_id] = finished[svix_id] = DEAD
+                continue
+        # Dead-lettering needs the database: the message is dropped as Celery drops a failed
+        # task, and the event, still in the ledger, is published again by the sweeper.
+        _log_unexpected(items[svix_id], unreachable)
+        outcomes[svix_id] = FAILED
+    if retrying:
+        record_retries(runtime.engine, [(events[s], transient[s]) for s in retrying])
+    for svix_id in retrying:
+        item = items[svix_id]
+        countdown = runtime.retry_countdown(item.retries)
+        try:
+            runtime.publisher.send(
+                QueuedEvent(item.svix_id, item.payload, item.received_at_ms),
+                task_id=item.task_id,
+                retries=item.retries + 1,
+                countdown=countdown,
+            )
+        except BROKER_ERRORS as error:
+            log.error(
+                "event could not be published for a retry; returned to the queue",
+                extra={"svix_id": svix_id, "error": _describe(error)},
+            )
+            outcomes[svix_id] = REQUEUE
+            continue
+        event_type = (events[svix_id].event_type or "unknown")[:64]
+        runtime.metrics.retries.labels(event_type).inc()
+        # Celery's own wording for a retried task, which operators (and log searches) know.
+        log.warning(
+            "Task %s[%s] retry: Retry in %ss: %s",
+            APPLY_EVENT_TASK,
+            item.task_id,
+            round(countdown, 3),
+            _describe(transient[svix_id]),
+            extra={"svix_id": svix_id, "event_type": events[svix_id].event_type},
+        )
+        outcomes[svix_id] = RETRY
+    return outcomes
+
+
+def _observe(
+    runtime: WorkerRuntime,
+    items: Sequence[BatchItem],
+    events: dict[str, IncomingEvent],
+    finished: dict[str, str],
+    elapsed: float,
+) -> None:
+    """Per message with a final outcome, as a single task would count it (a duplicate counts
+    as the outcome it duplicates)."""
+    metrics = runtime.metrics
+    now = time.time()
+    for item in items:
+        status = finished.get(item.svix_id)
+        event = events.get(item.svix_id)
+        if status is None or event is None:
+            continue
+        event_type = (event.event_type or "unknown")[:64]
+        metrics.duration.labels(event_type).observe(elapsed)
+        metrics.events.labels(status, event_type).inc()
+        if status == APPLIED and event.event_timestamp is not None:
+            metrics.lag.observe(max(0.0, now - event.event_timestamp / 1000))
+
+
+def _forget(runtime: WorkerRuntime, svix_ids: list[str]) -> None:
+    """The outcomes are committed: drop the batch's ledger entries in one round trip. If Redis
+    is unreachable just now, the sweeper finds the entries later and drops them."""
+    ledger = runtime.publisher.ledger
+    if ledger is None or not svix_ids:
+        return
+    try:
+        ledger.forget(svix_ids)
+    except BROKER_ERRORS:
+        log.warning("ledger: entries not dropped; the sweeper will", extra={"events": svix_ids})
+
+
+def _is_contention(error: BaseException) -> bool:
+    return getattr(getattr(error, "orig", None), "sqlstate", None) in CONTENTION_SQLSTATES
+
+
+def _log_unexpected(item: BatchItem | IncomingEvent, error: BaseException) -> None:
+    """Celery's wording for a task that raised, with the traceback."""
+    log.error(
+        "Task %s[%s] raised unexpected: %r",
+        APPLY_EVENT_TASK,
+        getattr(item, "task_id", item.svix_id),
+        error,
+        exc_info=error,
+        extra={"svix_id": item.svix_id},
+    )
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+
+
+# -- the main process ---------------------------------------------------------------------------
+
+
+class BatchingTask(Task):  # type: ignore[misc]
+    """Base class of ``clerk_sync.apply_event``.
+
+    Called as a task (eagerly, or through Celery's default strategy on brokers other than Redis,
+    as ``clerk-sync dev`` runs it) it applies one event. With ``batch_size`` > 1 on a Redis
+    broker, the prefork or solo pool and Celery's event loop, its strategy batches instead.
+    """
+
+    batch_size: int = 1
+    batch_flush_interval: float = 0.05
+    batch_runtime: str = ""
+
+    def start_strategy(self, app: Any, consumer: Any, **kwargs: Any) -> Any:
+        if (
+            self.batch_size <= 1
+            or getattr(consumer, "hub", None) is None
+            or type(consumer.pool).__module__ not in SUPPORTED_POOLS
+        ):
+            return super().start_strategy(app, consumer, **kwargs)
+        batcher = Batcher(self, app, consumer)
+        previous = getattr(self, "_batcher", None)
+        if previous is not None:
+            previous.retire()
+        self._batcher = batcher
+        return batcher.on_message
+
+
+class Batcher:
+    """The strategy of ``BatchingTask`` in the worker's main process (one per consumer start;
+    a reconnected consumer gets a new one and the old one drops what it still buffers, since
+    the broker redelivers those messages)."""
+
+    def __init__(self, task: BatchingTask, app: Any, consumer: Any) -> None:
+        self.task = task
+        self.app = app
+        self.consumer = consumer
+        self.pool = consumer.pool
+        self.timer = consumer.timer
+        self.hostname = consumer.hostname
+        self.eventer = consumer.event_dispatcher
+        self.events_enabled = bool(self.eventer and self.eventer.enabled and task.send_events)
+        if self.events_enabled and getattr(self.eventer, "buffer_limit", 0) < 2 * task.batch_size:
+            # Celery buffers task events and publishes them together once per event-loop turn,
+            # or whenever this many are waiting: let a whole batch's events go as one message.
+            self.eventer.buffer_limit = 2 * task.batch_size
+        self.revoked = consumer.controller.state.revoked
+        self.request_class = create_request_cls(
+            symbol_by_name(task.Request), task, consumer.pool, self.hostname, self.eventer, app=app
+        )
+        self.batch_size = task.batch_size
+        self.parallel_batch_size = max(1, task.batch_size // 4)
+        self.flush_interval = task.batch_flush_interval
+        self.buffer: list[Any] = []
+        self.in_flight = 0
+        self.flush_entry: Any = None
+        self.flushing = False
+        self.retired = False
+
+    # Receiving, as celery.worker.strategy.default does, but into the buffer.
+
+    def on_message(
+        self, message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any
+    ) -> None:
+        app = self.app
+        if body is None and "args" not in message.payload:
+            body, headers, decoded, utc = (
+                message.body,
+                message.headers,
+                False,
+                app.uses_utc_timezone(),
+            )
+        elif "args" in message.payload:
+            body, headers, decoded, utc = hybrid_to_proto2(message, message.payload)
+        else:
+            body, headers, decoded, utc = proto1_to_proto2(message, body)
+        request = self.request_class(
+            message,
+            on_ack=ack,
+            on_reject=reject,
+            app=app,
+            hostname=self.hostname,
+            eventer=self.eventer,
+            task=self.task,
+            connection_errors=self.consumer.connection_errors,
+            body=body,
+            headers=headers,
+            decoded=decoded,
+            utc=utc,
+        )
+        if (request.expires or request.id in self.revoked) and request.revoked():
+            return
+        signals.task_received.send(sender=self.consumer, request=request)
+        if request.eta:
+            # A retry's countdown: held (unacknowledged, not counted against the prefetch
+            # limit) until due, as Celery holds it.
+            try:
+                if request.utc:
+                    eta = to_timestamp(timezone.to_system(request.eta))  # type: ignore[no-untyped-call]
+                else:
+                    eta = to_timestamp(request.eta, app.timezone)  # type: ignore[no-untyped-call]
+            except (OverflowError, ValueError) as error:
+                log.error("message with an unreadable ETA dropped: %r", error)
+                request.reject(requeue=False)
+                return
+            self.consumer.qos.increment_eventually()
+            request._eta_timer_entry = self.timer.call_at(eta, self._due, (request,), priority=6)
+            task_scheduled(request)
+            return
+        task_reserved(request)
+        if callbacks:
+            for callback in callbacks:
+                callback(request)
+        self.add(request)
+
+    def _due(self, request: Any) -> None:
+        task_reserved(request)
+        self.consumer.qos.decrement_eventually()
+        self.add(request)
+
+    # Buffering and flushing.
+
+    def add(self, request: Any) -> None:
+        if self.retired:
+            return
+        self.buffer.append(request)
+        self.flush(idle_only=True)
+
+    def flush(self, *, idle_only: bool) -> None:
+        """Hand buffered messages to the pool:
+
+        - full batches, always;
+        - everything at once when no batch is being applied (at low traffic an event waits for
+          nothing);
+        - a quarter batch or more while another batch is being applied and a pool process is
+          idle (under load every process works, on batches big enough to be cheap per event);
+        - everything once the flush interval has passed (``idle_only`` False).
+
+        Otherwise the next batch grows in the buffer while the current one is applied: larger
+        batches are what make both the database work and this process's share of it cheap.
+        """
+        if self.flushing or self.retired:
+            return
+        self.flushing = True
+        try:
+            while self.buffer and (
+                len(self.buffer) >= self.batch_size
+                or not idle_only
+                or self.in_flight == 0
+                or (
+                    self.in_flight < self._processes()
+                    and len(self.buffer) >= self.parallel_batch_size
+                )
+            ):
+                batch = self.buffer[: self.batch_size]
+                del self.buffer[: self.batch_size]
+                self._submit(batch)
+        finally:
+            self.flushing = False
+        if self.buffer and self.flush_entry is None:
+            self.flush_entry = self.timer.call_after(self.flush_interval, self._on_flush_timer)
+        elif not self.buffer and self.flush_entry is not None:
+            self.timer.cancel(self.flush_entry)
+            self.flush_entry = None
+
+    def _on_flush_timer(self) -> None:
+        self.flush_entry = None
+        self.flush(idle_only=False)
+
+    def _processes(self) -> int:
+        try:
+            return max(1, int(self.pool.num_processes))
+        except (AttributeError, TypeError, ValueError):
+            return 1
+
+    def retire(self) -> None:
+        """The consumer restarted (a new connection): what is buffered belongs to the old
+        channel and comes back from the broker."""
+        self.retired = True
+        for request in self.buffer:
+            task_ready(request)
+        self.buffer.clear()
+        if self.flush_entry is not None:
+            self.timer.cancel(self.flush_entry)
+            self.flush_entry = None
+
+    def _submit(self, requests: list[Any]) -> None:
+        items = []
+        valid = []
+        for request in requests:
+            item = _batch_item(request)
+            if item is None:
+                self._finish_unreadable(request)
+                continue
+            items.append(item)
+            valid.append(request)
+        if not items:
+            return
+        log.debug("batch handed to the pool", extra={"events": len(items)})
+        self.in_flight += 1
+        try:
+            result = self.pool.apply_async(
+                run_batch,
+                args=(self.task.batch_runtime, items),
+                accept_callback=partial(self._on_accepted, valid),
+                callback=partial(self._on_return, valid, time.monotonic()),
+                error_callback=partial(self._on_error, valid),
+                correlation_id=valid[0].id,
+            )
+        except Exception:
+            self.in_flight -= 1
+            log.exception("batch not handed to the pool; its messages go back on the queue")
+            for request in valid:
+                task_ready(request)
+                request.reject(requeue=True)
+            return
+        if result is None:
+            # The pool is closing (shutdown): nothing is acknowledged, the broker gets these
+            # messages back when the connection closes.
+            self.in_flight -= 1
+
+    # Results, in the main process: acknowledge only now that the outcomes are committed.
+
+    def _on_accepted(self, requests: list[Any], pid: int, time_accepted: float) -> None:
+        for request in requests:
+            # What Request.on_accepted does, but the task-started event: see _announce.
+            request.worker_pid = pid
+            request.time_start = time.time() - (time.monotonic() - time_accepted)
+            task_accepted(request)
+
+    def _on_return(self, requests: list[Any], submitted: float, outcomes: Any) -> None:
+        self.in_flight -= 1
+        runtime = time.monotonic() - submitted
+        try:
+            settled = list(zip(requests, outcomes, strict=True))
+            acknowledge_all([request for request, outcome in settled if outcome != REQUEUE])
+            self._announce(requests)
+            for request, outcome in settled:
+                _settle(request, outcome, runtime)
+        finally:
+            self.flush(idle_only=True)
+
+    def _on_error(self, requests: list[Any], exc_info: Any) -> None:
+        """The pool process died with the batch (``WorkerLostError``): Celery's own handling
+        of each request re-queues its message (``task_reject_on_worker_lost``)."""
+        self.in_flight -= 1
+        try:
+            self._announce(requests)
+            for request in requests:
+                request.on_failure(exc_info)
+        finally:
+            self.flush(idle_only=True)
+
+    def _announce(self, requests: list[Any]) -> None:
+        """The task-received events of a batch, sent when it returns, just before each
+        message's outcome: Celery publishes the task events waiting in its buffer together, so a
+        batch's events cost one message, where announcing each message on arrival (and its
+        start) would cost one each at low traffic. Monitors (Flower) see each task received and
+        then succeeded, retried or failed."""
+        if not self.events_enabled:
+            return
+        for request in requests:
+            self.eventer.send(
+                "task-received",
+                uuid=request.id,
+                name=request.name,
+                args=request.argsrepr,
+                kwargs=request.kwargsrepr,
+                root_id=request.root_id,
+                parent_id=request.parent_id,
+                retries=request.request_dict.get("retries", 0),
+                eta=request.eta and request.eta.isoformat(),
+                expires=request.expires and request.expires.isoformat(),
+            )
+
+    def _finish_unreadable(self, request: Any) -> None:
+        log.error(
+            "Task %s[%s] raised unexpected: %s",
+            APPLY_EVENT_TASK,
+            request.id,
+            "TypeError: expected arguments (svix_id, payload, received_at_ms)",
+        )
+        task_ready(request)
+        request.acknowledge()
+        request.send_event("task-failed", exception="TypeError('unexpected arguments')")
+
+
+def _batch_item(request: Any) -> BatchItem | None:
+    try:
+        args, kwargs = request.args, request.kwargs
+    except Exception:  # noqa: BLE001 - an undecodable body: answered as a failed task
+        return None
+    if kwargs or not isinstance(args, list | tuple) or len(args) != 3:
+        return None
+    svix_id, payload, received_at_ms = args
+    if (
+        not isinstance(svix_id, str)
+        or not isinstance(payload, str)
+        or not isinstance(received_at_ms, int)
+        or isinstance(received_at_ms, bool)
+    ):
+        return None
+    retries = request.request_dict.get("retries") or 0
+    return BatchItem(request.id, svix_id, payload, received_at_ms, int(retries))
+
+
+def _settle(request: Any, outcome: str, runtime: float) -> None:
+    """Celery's bookkeeping and task events (Flower) for one message whose batch returned;
+    acknowledged already, unless it goes back on the queue."""
+    if outcome == REQUEUE:
+        task_ready(request)
+        request.reject(requeue=True)
+    elif outcome == RETRY:
+        task_ready(request)
+        request.acknowledge()
+        request.send_event("task-retried", exception="retried with a backoff", traceback="")
+    elif outcome == FAILED:
+        task_ready(request)
+        request.acknowledge()
+        request.send_event("task-failed", exception="see the worker log", traceback="")
+    else:
+        # applied, skipped, dead (or a second copy of an event): what Request.on_success does
+        # for a task that returned this result.
+        task_ready(request, successful=True)
+        request.acknowledge()
+        request.send_event("task-succeeded", result=outcome, runtime=runtime)
+
+
+def acknowledge_all(requests: Sequence[Any]) -> None:
+    """Acknowledge many messages in one Redis round trip.
+
+    kombu's Redis transport acknowledges a message by removing its delivery tag from the
+    ``unacked`` hash and index, one pipeline per message; this does the same for all the tags
+    of a batch in one pipeline, then records each message as acknowledged as ``Message.ack``
+    would. Messages of another transport, or any surprise, go through ``Request.acknowledge``
+    one by one. If Redis cannot be reached the messages stay unacknowledged (as a failed ack
+    leaves them) and come back after the visibility timeout, to be ignored as duplicates.
+    """
+    pending = [request for request in requests if not request.acknowledged]
+    if not pending:
+        return
+    message = pending[0]._message
+    channel = message.channel
+    qos = getattr(channel, "qos", None)
+    if (
+        type(qos) is not RedisQoS
+        or channel.no_ack_consumers
+        or any(request._message.channel is not channel for request in pending)
+    ):
+        for request in pending:
+            request.acknowledge()
+        return
+    tags = [request._message.delivery_tag for request in pending]
+    try:
+        with channel.conn_or_acquire() as client:
+            pipeline = client.pipeline()
+            for tag in tags:
+                qos._remove_from_indices(tag, pipeline)  # type: ignore[no-untyped-call]
+            pipeline.execute()
+    except channel.connection_errors as error:
+        log.critical("Couldn't ack %d messages, reason:%r", len(tags), error, exc_info=True)
+        return
+    except Exception:
+        log.exception("acknowledging a batch at once failed; acknowledging one by one")
+        for request in pending:
+            request.acknowledge()
+        return
+    for request, tag in zip(pending, tags, strict=True):
+        VirtualQoS.ack(qos, tag)  # type: ignore[no-untyped-call]
+        request._message._state = "ACK"
+        request.acknowledged = True
+
+
+def batching_options(settings: Any, runtime_key: str) -> dict[str, Any]:
+    """Task options of ``clerk_sync.apply_event`` for these settings."""
+    size = settings.batch_size if settings.uses_redis_broker else 1
+    return {
+        "batch_size": size,
+        "batch_flush_interval": settings.batch_flush_interval_seconds,
+        "batch_runtime": runtime_key,
+    }
+
+
+def prefetch_multiplier(settings: Any) -> int:
+    """Celery reserves ``multiplier x concurrency`` unacknowledged messages per worker. One at a
+    time per process without batching; with it, room for two full batches per pool process
+    (one being applied while the next fills), and no more: every reserved message counts
+    against the visibility timeout, and the limit bounds a worker's memory on any backlog."""
+    if settings.batch_size <= 1 or not settings.uses_redis_broker:
+        return 1
+    return int(2 * settings.batch_size)
