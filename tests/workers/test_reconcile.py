@@ -8,7 +8,6 @@ order), reconciling against Clerk's final state gives the tables full delivery g
 from __future__ import annotations
 
 import io
-import itertools
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -457,8 +456,8 @@ def test_caps_its_request_rate(engine: Engine, clerk: FakeClerk) -> None:
 
     arrivals = [request.at for request in clerk.requests]
     assert len(arrivals) >= 12
-    gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
-    assert min(gaps) >= 1 / rate - 0.01
+    # The cap bounds the average rate. Single gaps are not checked: a request delayed in transit
+    # arrives close to the next one on a busy machine without the client having sent faster.
     assert arrivals[-1] - arrivals[0] >= (len(arrivals) - 1) / rate * 0.95
 
 
