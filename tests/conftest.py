@@ -18,12 +18,14 @@ from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import Engine, create_engine, delete, text
+from sqlalchemy import Engine, create_engine, delete, select, text
 
 from clerk_sync.settings import Settings
+from ingress import create_app
 from models.database import make_engine
 from models.migrate import upgrade
-from models.tables import metadata
+from models.tables import metadata, webhook_events
+from tests.factories import body_of, new_svix_id, signed_headers
 
 ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -216,3 +218,30 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
 def queue_length(client: redis.Redis[bytes], queue_name: str) -> int:
     """Messages waiting in a kombu Redis queue (a Redis list named after the queue)."""
     return int(client.llen(queue_name))
+
+
+Send = Callable[..., str]
+
+
+@pytest.fixture
+def send(settings: Settings) -> Send:
+    """Post a payload to the ingress app (real Redis broker); returns its svix-id."""
+    client = create_app(settings).test_client()
+
+    def post(payload: dict[str, Any], svix_id: str | None = None) -> str:
+        svix_id = svix_id or new_svix_id()
+        body = body_of(payload)
+        headers = signed_headers(settings.webhook_secrets[0], body, svix_id=svix_id)
+        response = client.post("/webhook/clerk", data=body, headers=headers)
+        assert response.status_code == 202, response.get_json()
+        return svix_id
+
+    return post
+
+
+def inbox_row(engine: Engine, svix_id: str) -> dict[str, Any] | None:
+    with engine.connect() as connection:
+        row = connection.execute(
+            select(webhook_events).where(webhook_events.c.svix_id == svix_id)
+        ).one_or_none()
+    return None if row is None else dict(row._mapping)

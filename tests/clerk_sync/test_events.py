@@ -22,11 +22,10 @@ from sqlalchemy import Connection, Engine, column, create_engine, insert, select
 
 from clerk_sync.cli import main
 from clerk_sync.settings import Settings, SettingsError
-from ingress import create_app
 from ingress.queue import LEDGER_DUE_KEY, LEDGER_MESSAGES_KEY
 from models.migrate import alembic_config, upgrade
 from models.tables import webhook_events
-from tests.conftest import REDIS_URL, queue_length, settings_env, wait_for
+from tests.conftest import REDIS_URL, Send, queue_length, settings_env, wait_for
 from tests.factories import (
     BASE_TIME_MS,
     body_of,
@@ -35,11 +34,9 @@ from tests.factories import (
     membership_data,
     new_svix_id,
     organization_data,
-    signed_headers,
 )
 from tests.models.histories import ClerkHistory
 from tests.models.support import deliver, inbox_row, synced_state
-from tests.workers.conftest import Send
 from workers.app import (
     PURGE_EVENTS_TASK,
     WorkerRuntime,
@@ -381,22 +378,6 @@ def test_replay_stops_cleanly_when_the_broker_is_down(
 
 
 # -- replay with a real worker ---------------------------------------------------------------
-
-
-@pytest.fixture
-def send(settings: Settings) -> Send:
-    """Post a payload through the real ingress app (as ``tests/workers/conftest.py`` does)."""
-    client = create_app(settings).test_client()
-
-    def post(payload: dict[str, Any], svix_id: str | None = None) -> str:
-        svix_id = svix_id or new_svix_id()
-        body = body_of(payload)
-        headers = signed_headers(settings.webhook_secrets[0], body, svix_id=svix_id)
-        response = client.post("/webhook/clerk", data=body, headers=headers)
-        assert response.status_code == 202, response.get_json()
-        return svix_id
-
-    return post
 
 
 LOCK = text("SELECT pg_advisory_lock(hashtextextended(:key, 0))")

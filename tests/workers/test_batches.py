@@ -24,7 +24,7 @@ from sqlalchemy import Engine, func, select
 from clerk_sync.settings import Settings, SettingsError
 from ingress.queue import LEDGER_DUE_KEY, Publisher, QueuedEvent
 from models.tables import organizations, webhook_events
-from tests.conftest import empty_tables, queue_length, wait_for
+from tests.conftest import empty_tables, inbox_row, queue_length, wait_for
 from tests.factories import (
     body_of,
     event,
@@ -34,7 +34,6 @@ from tests.factories import (
 )
 from tests.models.histories import ClerkHistory, Delivery
 from tests.models.support import WORKSPACE_KEY, synced_tables
-from tests.workers.conftest import inbox_row
 from workers.app import WorkerRuntime, create_celery_app
 from workers.batches import BatchItem, prefetch_multiplier, process_batch
 from workers.processing import apply_batch, describe_event

@@ -12,9 +12,8 @@ from sqlalchemy import Engine
 
 from clerk_sync.settings import Settings
 from ingress.queue import LEDGER_DUE_KEY, LEDGER_MESSAGES_KEY
-from tests.conftest import queue_length, wait_for
+from tests.conftest import Send, inbox_row, queue_length, wait_for
 from tests.factories import event, organization_data
-from tests.workers.conftest import Send, inbox_row
 from workers.app import create_celery_app, sweep
 
 pytestmark = pytest.mark.worker

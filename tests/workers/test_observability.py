@@ -15,10 +15,9 @@ import pytest
 from sqlalchemy import Engine
 
 from clerk_sync.settings import Settings
-from tests.conftest import ROOT, WEBHOOK_SECRET, settings_env, wait_for
+from tests.conftest import ROOT, WEBHOOK_SECRET, Send, inbox_row, settings_env, wait_for
 from tests.factories import event, membership_data, organization_data
 from tests.servers import Samples, answers, free_port, metric_samples
-from tests.workers.conftest import Send, inbox_row
 
 pytestmark = pytest.mark.worker
 

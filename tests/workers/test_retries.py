@@ -16,9 +16,8 @@ from sqlalchemy import Connection, Engine, select, text
 
 from clerk_sync.settings import Settings
 from models.tables import organizations
-from tests.conftest import wait_for
+from tests.conftest import Send, inbox_row, wait_for
 from tests.factories import event, membership_data, organization_data
-from tests.workers.conftest import Send, inbox_row
 
 pytestmark = pytest.mark.worker
 
