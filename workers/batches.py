@@ -5,9 +5,11 @@ On a Redis broker with the prefork (or solo) pool the worker does not run one ta
 the task's *strategy* (the code Celery's main process runs for each message it receives) keeps
 the messages in a buffer and hands them to a pool process as one batch
 
-- at once while a pool process is idle (so at low traffic an event waits for nothing),
+- at once when no batch is being applied (so at low traffic an event waits for nothing),
+- while one is, when a pool process is idle and a quarter of ``batch_size`` is buffered,
 - when ``batch_size`` messages are buffered,
-- or ``batch_flush_interval`` after the first buffered message, whichever comes first.
+- or ``batch_flush_interval`` after the first buffered message, whichever comes first
+  (``Batcher.flush``).
 
 The pool process applies the batch with ``process_batch``: one transaction, a savepoint per
 event (``workers.processing.apply_batch``), retried as a whole on transient errors; if it keeps
