@@ -210,7 +210,10 @@ def run_drain(
         supervisor.stop(worker)
         services.flush_redis()
     if result.finished != len(events):
-        raise BenchError(f"{name}: {result.finished} of {len(events)} events finished")
+        raise BenchError(
+            f"{name}: {result.finished} events finished, {len(events)} published; "
+            f"rows by svix id prefix: {database.rows_by_prefix()}"
+        )
     return result, publish_seconds
 
 

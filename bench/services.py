@@ -106,6 +106,15 @@ class Database:
             ).fetchall()
         return {str(status): int(count) for status, count in rows}  # type: ignore[call-overload]
 
+    def rows_by_prefix(self, length: int = 10) -> dict[str, int]:
+        """``webhook_events`` rows counted by the start of their svix id (ids carry the tag of
+        the stream they came from)."""
+        with self.connect() as connection:
+            rows = connection.execute(
+                "SELECT left(svix_id, %s), count(*) FROM webhook_events GROUP BY 1", (length,)
+            ).fetchall()
+        return {str(prefix): int(count) for prefix, count in rows}  # type: ignore[call-overload]
+
     def processing_span(self) -> tuple[float, float, int]:
         """(first, last) ``processed_at`` as Unix seconds, and how many events are finished."""
         with self.connect() as connection:

@@ -107,17 +107,20 @@ def _profile(context: Context, database: Database, size: int) -> dict[str, Any]:
             recordings.append(recording)
 
     context.say(f"worker: profiling an extra drain of {len(events):,} events with py-spy")
-    run_drain(
-        context.supervisor,
-        context.services,
-        database,
-        events,
-        name="worker-profiled",
-        concurrency=context.plan.worker_concurrency,
-        work_dir=context.work_dir,
-        timeout=max(300.0, len(events) / 10),
-        on_started=attach,
-    )
-    if not recordings:
+    try:
+        run_drain(
+            context.supervisor,
+            context.services,
+            database,
+            events,
+            name="worker-profiled",
+            concurrency=context.plan.worker_concurrency,
+            work_dir=context.work_dir,
+            timeout=max(300.0, len(events) / 10),
+            on_started=attach,
+        )
+    finally:
+        summaries = [recording.stop() for recording in recordings]
+    if not summaries:
         return {"error": "py-spy is not installed (pip install py-spy)"}
-    return recordings[0].stop()
+    return summaries[0]
