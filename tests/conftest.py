@@ -26,6 +26,7 @@ from models.database import make_engine
 from models.migrate import upgrade
 from models.tables import metadata, webhook_events
 from tests.factories import body_of, new_svix_id, signed_headers
+from tests.servers import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -190,13 +191,7 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self._log.close()
 
 

@@ -32,7 +32,7 @@ from tests.conftest import ROOT, settings_env, wait_for
 from tests.factories import body_of, event, signed_headers
 from tests.models.histories import ClerkHistory, Delivery
 from tests.models.support import synced_tables
-from tests.servers import answers, free_port
+from tests.servers import answers, free_port, stop_process
 
 # -- a Redis server of our own --------------------------------------------------------------------
 
@@ -255,13 +255,7 @@ class IngressServer:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self._log.close()
 
 

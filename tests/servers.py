@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import urllib.error
 import urllib.request
 
@@ -44,3 +45,15 @@ def metric_samples(exposition: str) -> Samples:
         for family in text_string_to_metric_families(exposition)
         for sample in family.samples
     }
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, and SIGKILL if it has not exited within 20 s."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
