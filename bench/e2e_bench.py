@@ -45,6 +45,8 @@ DESCRIPTION = (
 SENDER_THREADS = 8
 POLL_INTERVAL = 0.002
 SETTLE_TIMEOUT = 30.0
+P50_TARGET_MS = 20.0
+P99_TARGET_MS = 100.0
 
 Sender = Callable[[Event], float]
 """Delivers one event; returns the wall time (``time.time()``) of the answer."""
@@ -375,7 +377,19 @@ def run(context: Context) -> BenchResult:
         )
     )
     result.checks.append(_kept_up(achieved, plan.e2e_rate))
+    result.checks.append(_within("p50", p50["clerk-sync"], P50_TARGET_MS))
+    result.checks.append(_within("p99", p99["clerk-sync"], P99_TARGET_MS))
     return result
+
+
+def _within(name: str, latency: Measure, target_ms: float) -> Check:
+    """Issue #4's targets are absolute; the ratio to the raw pipeline above is only reported."""
+    return Check(
+        f"{name} latency (median of runs)",
+        f"{latency.median:.1f} ms",
+        f"<= {target_ms:g} ms",
+        latency.median <= target_ms,
+    )
 
 
 def _answer_rate(timeline: Timeline) -> float:

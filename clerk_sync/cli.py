@@ -58,7 +58,7 @@ def ingress(bind: str, worker_count: int, threads: int) -> None:
         settings.require_webhook_secrets()
     except SettingsError as error:
         raise click.ClickException(str(error)) from None
-    configure_logging(settings.log_format)
+    configure_logging(settings.log_format, settings.log_level)
     use_multiprocess_metrics()
 
     from gunicorn.app.base import BaseApplication
@@ -91,7 +91,7 @@ def worker(ctx: click.Context, concurrency: int | None, beat: bool) -> None:
     from workers.app import create_celery_app
 
     app = create_celery_app(settings)
-    argv = ["worker", "--loglevel=INFO", f"--queues={settings.queue_name}"]
+    argv = ["worker", f"--loglevel={settings.log_level}", f"--queues={settings.queue_name}"]
     if concurrency is not None:
         argv.append(f"--concurrency={concurrency}")
     if beat:
@@ -154,7 +154,7 @@ def dev(host: str, port: int, data_dir: Path) -> None:
     except SettingsError as error:
         raise click.ClickException(str(error)) from None
 
-    configure_logging(settings.log_format)
+    configure_logging(settings.log_format, settings.log_level)
     upgrade(settings.database_url)
     click.echo(f"Database: {settings.database_url}")
     worker_process = subprocess.Popen(

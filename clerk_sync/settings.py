@@ -20,6 +20,9 @@ DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_CLERK_API_URL = "https://api.clerk.com"
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the variable, never its value."""
 
@@ -152,6 +155,7 @@ class Settings:
     purge_after_days: int | None = None
     """Beat deletes applied and skipped events older than this; None (the default) never does."""
     log_format: str = "json"
+    log_level: str = "INFO"
     worker_metrics_port: int = 9808
     batch_size: int = 100
     """Most events a worker applies in one database transaction; 1 applies them one by one."""
@@ -227,6 +231,7 @@ class Settings:
             ),
             purge_after_days=_optional_int(env, "CLERK_SYNC_PURGE_AFTER_DAYS", 1),
             log_format=cls._log_format(env),
+            log_level=cls._log_level(env),
             worker_metrics_port=_int(
                 env, "CLERK_SYNC_WORKER_METRICS_PORT", defaults.worker_metrics_port
             ),
@@ -245,6 +250,15 @@ class Settings:
         if value not in ("json", "console"):
             raise SettingsError(
                 f"CLERK_SYNC_LOG_FORMAT: expected 'json' or 'console', got {value!r}"
+            )
+        return value
+
+    @staticmethod
+    def _log_level(env: Mapping[str, str]) -> str:
+        value = env.get("CLERK_SYNC_LOG_LEVEL", "").strip().upper() or "INFO"
+        if value not in LOG_LEVELS:
+            raise SettingsError(
+                f"CLERK_SYNC_LOG_LEVEL: expected one of {', '.join(LOG_LEVELS)}, got {value!r}"
             )
         return value
 

@@ -2,23 +2,26 @@
 
 The ingress publishes an ordinary Celery task message (protocol 2) naming ``APPLY_EVENT_TASK``
 with arguments ``(svix_id, payload, received_at_ms)``; it never imports the worker code. On a
-Redis broker the message goes out in the same ``MULTI``/``EXEC`` transaction that writes the event
-to a ledger, so an accepted event is always both queued and in the ledger (one round trip); the
-worker removes it from the ledger only after the event's outcome is committed. kombu's Redis
+Redis broker the message goes out in the same atomic script (``ACCEPT_SCRIPT``) that writes the
+event to a ledger, so an accepted event is always both queued and in the ledger (one round trip);
+the worker removes it from the ledger only after the event's outcome is committed. kombu's Redis
 transport can lose a message taken by a worker that dies before recording it as unacknowledged;
 the ledger sweeper re-publishes whatever stays in the ledger too long.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+import orjson
 import redis
 from celery import Celery
 from celery.utils.nodenames import anon_nodename
@@ -35,9 +38,33 @@ SWEEP_LEDGER_TASK: Final = "clerk_sync.sweep_ledger"
 LEDGER_DUE_KEY: Final = "clerk-sync:ledger:due"
 LEDGER_MESSAGES_KEY: Final = "clerk-sync:ledger:messages"
 
+ACCEPT_SCRIPT: Final = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+return redis.call('LPUSH', KEYS[3], ARGV[4])
+"""
+"""Ledger entry, then task message, in one atomic script (KEYS: ledger messages, ledger due
+times, queue list; ARGV: svix id, ledger entry, due time, message). Redis decides whether a
+script may write when it starts, so a broker out of memory refuses all three writes."""
+ACCEPT_SCRIPT_SHA1: Final = hashlib.sha1(ACCEPT_SCRIPT.encode(), usedforsecurity=False).hexdigest()
+"""How EVALSHA names the script (Redis keys scripts by SHA-1)."""
+
 
 BROKER_ERRORS: Final = (KombuOperationalError, redis.RedisError, OSError)
 """What a broker that is down or unreachable raises (socket errors are ``OSError``)."""
+
+
+_process = [0]
+"""How many forks this process is from the first one: per-process state (a Redis connection, a
+kombu channel) made under another number belongs to a parent. Cheaper than ``os.getpid()``,
+which is a system call, on every request."""
+
+
+def _count_fork() -> None:
+    _process[0] += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
 
 
 class BrokerUnavailableError(RuntimeError):
@@ -104,6 +131,32 @@ def redis_client(settings: Settings) -> redis.Redis[bytes]:
     )
 
 
+class ThreadConnections:
+    """One Redis connection per request thread (and process) for the accept round trip: no
+    pool check-out (each probes the socket), no lock shared between threads, and none of the
+    client's retry and reply-callback layers around what is a single command."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._pool = redis_client(settings).connection_pool
+        self._local = threading.local()
+
+    def execute(self, *command: Any) -> Any:
+        """Send one command and return its reply; a connection that failed is closed, and
+        opened again by the next command."""
+        local = self._local
+        # A forked child's main thread inherits the parent's thread-local values.
+        if getattr(local, "process", None) != _process[0]:
+            local.connection = self._pool.make_connection()
+            local.process = _process[0]
+        connection = local.connection
+        try:
+            connection.send_command(*command)
+            return connection.read_response()
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            connection.disconnect()
+            raise
+
+
 class Ledger:
     """Accepted-but-not-yet-committed events, kept in Redis beside the queue."""
 
@@ -120,19 +173,37 @@ class Ledger:
     def client(self) -> redis.Redis[bytes]:
         return self._client
 
-    @staticmethod
-    def stage(pipeline: Any, event: QueuedEvent, due_at: float) -> None:
-        """Add the ledger writes for ``event`` to a (transactional) pipeline."""
-        pipeline.hset(
+    def accept(
+        self,
+        event: QueuedEvent,
+        due_at: float,
+        message: tuple[str, str],
+        execute: Callable[..., Any] | None = None,
+    ) -> None:
+        """Write the ledger entry and push the task ``message`` (queue list, raw message) at
+        once: both or neither. ``execute`` runs a command on another connection to the same
+        Redis (``ThreadConnections.execute``) instead of the ledger's client."""
+        queue_key, raw_message = message
+        keys_and_arguments = (
             LEDGER_MESSAGES_KEY,
+            LEDGER_DUE_KEY,
+            queue_key,
             event.svix_id,
-            json.dumps([event.payload, event.received_at_ms]),
+            _ledger_entry(event),
+            due_at,
+            raw_message,
         )
-        pipeline.zadd(LEDGER_DUE_KEY, {event.svix_id: due_at})
+        execute = execute or self._client.execute_command
+        try:
+            execute("EVALSHA", ACCEPT_SCRIPT_SHA1, 3, *keys_and_arguments)
+        except redis.exceptions.NoScriptError:
+            # A restarted or flushed Redis has forgotten the script: EVAL runs and caches it.
+            execute("EVAL", ACCEPT_SCRIPT, 3, *keys_and_arguments)
 
     def remember(self, event: QueuedEvent, due_at: float) -> None:
         pipeline = self._client.pipeline(transaction=True)
-        self.stage(pipeline, event, due_at)
+        pipeline.hset(LEDGER_MESSAGES_KEY, event.svix_id, _ledger_entry(event))
+        pipeline.zadd(LEDGER_DUE_KEY, {event.svix_id: due_at})
         pipeline.execute()
 
     def forget(self, svix_ids: Sequence[str]) -> None:
@@ -171,6 +242,10 @@ class Ledger:
         return bool(self._client.ping())
 
 
+def _ledger_entry(event: QueuedEvent) -> bytes:
+    return orjson.dumps([event.payload, event.received_at_ms])
+
+
 class RedisTaskMessages:
     """Celery task messages exactly as ``send_task`` over kombu's Redis transport would put them
     on the queue list, built with Celery's and kombu's own code, without the publish machinery.
@@ -180,33 +255,68 @@ class RedisTaskMessages:
     and what ``Channel.basic_publish`` adds for the default exchange: the base64 body, a delivery
     tag and the delivery info), and names the list (``_q_for_pri``) to ``LPUSH`` it onto. The
     channel is only used for that; it is opened once per process, on first use.
+
+    A first delivery (no retries, no countdown: every webhook the ingress accepts) varies from
+    the next only in its task id, delivery tag, arguments and their repr, so it is made from a
+    template that Celery and kombu built once per process; a test holds the two equal.
     """
 
     def __init__(self, celery_app: Celery, queue_name: str) -> None:
         self._celery = celery_app
         self._queue = queue_name
         self._lock = threading.Lock()
-        self._pid = 0
+        self._for_process = -1
         self._channel: Any = None
         self._origin = ""
+        self._key = ""
+        self._template: dict[str, Any] = {}
+        self._body_tail: list[Any] = []
 
-    def _format(self) -> Any:
-        if self._pid != os.getpid() or self._channel is None:
-            with self._lock:
-                if self._pid != os.getpid() or self._channel is None:
-                    connection = Connection(  # type: ignore[no-untyped-call]
-                        self._celery.conf.broker_url,
-                        transport_options=dict(self._celery.conf.broker_transport_options),
-                    )
-                    # The transport's own channel constructor: one ping, no retry loop (a
-                    # broker that is down must be a fast 503, not kombu's reconnect backoff).
-                    transport = connection.transport
-                    self._channel = transport.create_channel(transport)
-                    self._origin = anon_nodename()
-                    self._pid = os.getpid()
-        return self._channel
+    def _prepare(self) -> None:
+        """Open the channel and build the template, once per process (also after a fork)."""
+        if self._for_process == _process[0]:
+            return
+        with self._lock:
+            if self._for_process == _process[0]:
+                return
+            connection = Connection(  # type: ignore[no-untyped-call]
+                self._celery.conf.broker_url,
+                transport_options=dict(self._celery.conf.broker_transport_options),
+            )
+            # The transport's own channel constructor: one ping, no retry loop (a broker that
+            # is down must be a fast 503, not kombu's reconnect backoff).
+            transport = connection.transport
+            self._channel = transport.create_channel(transport)
+            self._origin = anon_nodename()
+            self._key, template = self._celery_message(QueuedEvent("", "", 0), None, 0, None)
+            self._template = json.loads(template)
+            _args, *self._body_tail = json.loads(base64.b64decode(self._template["body"]))
+            self._for_process = _process[0]
 
-    def build(
+    def build(self, event: QueuedEvent, task_id: str | None = None) -> tuple[str, str]:
+        """The Redis list and the raw message of a delivery of ``event`` that is not a retry."""
+        self._prepare()
+        template = self._template
+        task_id = task_id or uuid()
+        body = orjson.dumps([event.task_args(), *self._body_tail])
+        message = {
+            **template,
+            "body": base64.b64encode(body).decode(),
+            "headers": {
+                **template["headers"],
+                "id": task_id,
+                "root_id": task_id,
+                "argsrepr": event.argsrepr(),
+            },
+            "properties": {
+                **template["properties"],
+                "correlation_id": task_id,
+                "delivery_tag": uuid(),
+            },
+        }
+        return self._key, orjson.dumps(message).decode()
+
+    def build_with_celery(
         self,
         event: QueuedEvent,
         *,
@@ -214,8 +324,15 @@ class RedisTaskMessages:
         retries: int = 0,
         countdown: float | None = None,
     ) -> tuple[str, str]:
-        """The Redis list and the raw message to ``LPUSH`` onto it."""
-        channel = self._format()
+        """The Redis list and the raw message, every field made by Celery and kombu (for retries
+        and re-sends, which carry a task id, a retry count or an eta)."""
+        self._prepare()
+        return self._celery_message(event, task_id, retries, countdown)
+
+    def _celery_message(
+        self, event: QueuedEvent, task_id: str | None, retries: int, countdown: float | None
+    ) -> tuple[str, str]:
+        channel = self._channel
         task_id = task_id or uuid()
         headers, properties, body, _sent_event = self._celery.amqp.as_task_v2(
             task_id,
@@ -252,7 +369,7 @@ class Publisher:
     """Hands verified events to the broker as Celery task messages, together with their ledger
     entry, so that an acknowledged event is never only in a worker's memory.
 
-    On a Redis broker one ``MULTI``/``EXEC`` round trip writes the ledger entry and pushes the
+    On a Redis broker one atomic script, one round trip, writes the ledger entry and pushes the
     message (both or neither); other brokers (the filesystem broker of ``dev``) go through
     Celery's ``send_task``.
     """
@@ -267,20 +384,19 @@ class Publisher:
         self._messages = (
             RedisTaskMessages(celery_app, settings.queue_name) if self.ledger is not None else None
         )
+        self._connections = ThreadConnections(settings) if self.ledger is not None else None
 
     def publish(self, event: QueuedEvent) -> None:
         """Return once the broker holds the message and the ledger the event, else raise
         ``BrokerUnavailableError``."""
         due_at = time.time() + self._settings.ledger_redeliver_after_seconds
         try:
-            if self.ledger is None or self._messages is None:
+            if self.ledger is None or self._messages is None or self._connections is None:
                 self._send_task(event)
                 return
-            key, message = self._messages.build(event)
-            pipeline = self.ledger.client.pipeline(transaction=True)
-            self.ledger.stage(pipeline, event, due_at)
-            pipeline.lpush(key, message)
-            pipeline.execute()
+            self.ledger.accept(
+                event, due_at, self._messages.build(event), self._connections.execute
+            )
         except BROKER_ERRORS as error:
             raise BrokerUnavailableError(type(error).__name__) from error
 
@@ -298,9 +414,12 @@ class Publisher:
         if self.ledger is None or self._messages is None:
             self._send_task(event, task_id=task_id, retries=retries, countdown=countdown)
             return
-        key, message = self._messages.build(
-            event, task_id=task_id, retries=retries, countdown=countdown
-        )
+        if retries or countdown is not None:
+            key, message = self._messages.build_with_celery(
+                event, task_id=task_id, retries=retries, countdown=countdown
+            )
+        else:
+            key, message = self._messages.build(event, task_id)
         self.ledger.client.lpush(key, message)
 
     def _send_task(

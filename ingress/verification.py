@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import binascii
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from enum import Enum
 
 from svix.webhooks import Webhook, WebhookVerificationError
 
 SVIX_HEADERS = ("svix-id", "svix-timestamp", "svix-signature")
 STANDARD_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+SIGNING_HEADERS = SVIX_HEADERS + STANDARD_HEADERS
 TIMESTAMP_ERRORS = ("Message timestamp too old", "Message timestamp too new")
 
 
@@ -31,8 +32,10 @@ class SignatureVerifier:
     def __init__(self, secrets: Sequence[str]) -> None:
         self._webhooks = [Webhook(secret) for secret in secrets]
 
-    def verify(self, body: bytes, headers: Iterable[tuple[str, str]]) -> Verdict:
-        present = {name.lower(): value for name, value in headers}
+    def verify(self, body: bytes, header: Callable[[str], str | None]) -> Verdict:
+        """``header(name)`` looks a request header up by name, case-insensitively (only the
+        six signing headers are read, not every header the request has)."""
+        present = {name: value for name in SIGNING_HEADERS if (value := header(name))}
         if not (
             all(present.get(name) for name in SVIX_HEADERS)
             or all(present.get(name) for name in STANDARD_HEADERS)

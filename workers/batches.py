@@ -653,7 +653,7 @@ def acknowledge_all(requests: Sequence[Any]) -> None:
     channel = message.channel
     qos = getattr(channel, "qos", None)
     if (
-        type(qos) is not RedisQoS
+        not isinstance(qos, RedisQoS)
         or channel.no_ack_consumers
         or any(request._message.channel is not channel for request in pending)
     ):

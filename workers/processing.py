@@ -6,6 +6,7 @@ import json
 import logging
 import traceback
 from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -143,12 +144,25 @@ def apply_batch(
     of each, by svix id.
 
     The same rules as ``apply_event``, event by event: the inbox rows are claimed (and locked,
-    in svix-id order) first, events already applied or skipped are ignored, and each mutation
-    runs in its own savepoint, so a poison event is rolled back alone and committed as ``dead``
-    with its neighbours applied. Before the first mutation, the organization and user locks of
-    all the batch's events are taken in one global order, so concurrent batches cannot
-    deadlock. Transient database errors propagate (the whole batch rolls back).
+    in svix-id order) first, events already applied or skipped are ignored, and a poison event
+    is committed as ``dead`` with its neighbours applied. Before the first mutation, the
+    organization and user locks of all the batch's events are taken in one global order, so
+    concurrent batches cannot deadlock. Transient database errors propagate (the whole batch
+    rolls back).
+
+    A savepoint per event would isolate a poison event, but costs two more round trips to the
+    database per event, as many as the mutation itself: the batch is first applied without
+    them, and only if an event fails is it rolled back and applied again with one per event.
     """
+    try:
+        return _apply_batch(engine, events, workspace_key, isolated=False)
+    except IsolationNeededError:
+        return _apply_batch(engine, events, workspace_key, isolated=True)
+
+
+def _apply_batch(
+    engine: Engine, events: Sequence[IncomingEvent], workspace_key: str, *, isolated: bool
+) -> dict[str, BatchResult]:
     results: dict[str, BatchResult] = {}
     with transaction(engine) as connection:
         statuses = claim_events(connection, events)
@@ -165,7 +179,9 @@ def apply_batch(
                 with structlog.contextvars.bound_contextvars(
                     svix_id=event.svix_id, event_type=event.event_type
                 ):
-                    status, error = apply_payload(connection, event.payload, workspace_key)
+                    status, error = apply_payload(
+                        connection, event.payload, workspace_key, isolated=isolated
+                    )
                 outcomes.append(Outcome(event.svix_id, status, error))
                 results[event.svix_id] = BatchResult(status, duplicate=False)
         finish_events(connection, outcomes, attempts=1)
@@ -205,26 +221,37 @@ def _parsed(payload: str) -> Any:
         return None
 
 
+class IsolationNeededError(Exception):
+    """An event failed in a transaction without a savepoint of its own: whatever it wrote is
+    mixed with its neighbours' writes, so the transaction must be rolled back."""
+
+
 def apply_payload(
-    connection: Connection, payload: str, workspace_key: str
+    connection: Connection, payload: str, workspace_key: str, *, isolated: bool = True
 ) -> tuple[str, str | None]:
     """Run the event's handler in a savepoint; returns the outcome and, unless applied, why.
 
     The mutation alone: the inbox is not touched, so ``rebuild`` re-applies stored events
-    through exactly the code ``apply_event`` uses. Transient database errors propagate.
+    through exactly the code ``apply_event`` uses. Transient database errors propagate. Without
+    ``isolated`` there is no savepoint, and an event that cannot be applied raises
+    ``IsolationNeededError`` instead of being reported dead.
     """
     try:
-        with connection.begin_nested():
+        with connection.begin_nested() if isolated else nullcontext():
             envelope = read_envelope(json.loads(payload))
             handler = HANDLERS.get(envelope.type)
             if handler is None:
                 return SKIPPED, f"no handler for event type {envelope.type!r}"
             handler(connection, envelope, workspace_key)
     except (PoisonEventError, ValueError) as poison:
+        if not isolated:
+            raise IsolationNeededError from poison
         return DEAD, f"{type(poison).__name__}: {poison}"
     except Exception as failure:
         if is_transient(failure):
             raise
+        if not isolated:
+            raise IsolationNeededError from failure
         return DEAD, traceback.format_exc()
     return APPLIED, None
 

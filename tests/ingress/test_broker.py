@@ -4,6 +4,7 @@ silent 202, and the probes tell the two cases apart."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -13,6 +14,7 @@ from clerk_sync.settings import Settings
 from ingress import create_app
 from tests.conftest import WEBHOOK_SECRET
 from tests.factories import signed_headers
+from tests.faults import RedisServer
 from tests.ingress.conftest import (
     CLOSED_BROKER_URL,
     WEBHOOK_PATH,
@@ -91,3 +93,34 @@ def test_recovers_once_the_broker_is_back(
     response = client.post(WEBHOOK_PATH, data=body, headers=headers)
     assert response.status_code == 202
     assert ledger_ids(redis_client) == {headers["svix-id"]}
+
+
+@pytest.mark.fault
+def test_a_broker_out_of_memory_gets_503_and_keeps_neither_half(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A Redis at its ``maxmemory`` refuses the accept script before its first write: 503, and
+    neither a ledger entry without its message nor a message without its ledger entry."""
+    broker = RedisServer(tmp_path)
+    broker.start()
+    redis_client = broker.client()
+    try:
+        redis_client.config_set("maxmemory", 1)
+        client = create_app(settings.with_overrides(broker_url=broker.url)).test_client()
+        body = org_body()
+        response = client.post(
+            WEBHOOK_PATH, data=body, headers=signed_headers(WEBHOOK_SECRET, body)
+        )
+        assert_error(response, 503, "broker_unavailable")
+        assert redis_client.dbsize() == 0
+
+        redis_client.config_set("maxmemory", 0)
+        response = client.post(
+            WEBHOOK_PATH, data=body, headers=signed_headers(WEBHOOK_SECRET, body)
+        )
+        assert response.status_code == 202
+        assert ledger_ids(redis_client) == {response.get_json()["svix_id"]}
+        assert redis_client.llen(settings.queue_name) == 1
+    finally:
+        redis_client.close()
+        broker.kill()

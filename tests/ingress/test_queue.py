@@ -14,11 +14,13 @@ from celery import Celery
 
 from clerk_sync.settings import Settings
 from ingress.queue import (
+    ACCEPT_SCRIPT_SHA1,
     APPLY_EVENT_TASK,
     LEDGER_DUE_KEY,
     LEDGER_MESSAGES_KEY,
     Publisher,
     QueuedEvent,
+    RedisTaskMessages,
     broker_configuration,
 )
 from tests.conftest import queue_length
@@ -57,7 +59,9 @@ def test_publish_queues_the_message_send_task_would_and_the_ledger_entry(
     assert set(ours) == set(reference)
     for name in ("content-type", "content-encoding"):
         assert ours[name] == reference[name], name
-    assert base64.b64decode(ours["body"]) == base64.b64decode(reference["body"])
+    assert json.loads(base64.b64decode(ours["body"])) == json.loads(
+        base64.b64decode(reference["body"])
+    )
     assert set(ours["headers"]) == set(reference["headers"])
     for name in set(ours["headers"]) - VARYING_HEADERS - {"argsrepr"}:
         assert ours["headers"][name] == reference["headers"][name], name
@@ -70,6 +74,26 @@ def test_publish_queues_the_message_send_task_would_and_the_ledger_entry(
     message = decode_message(json.dumps(ours).encode())
     assert message.headers["task"] == APPLY_EVENT_TASK
     assert message.args == event.task_args()
+
+
+def test_a_templated_message_equals_the_one_celery_builds_for_the_same_task(
+    settings: Settings,
+) -> None:
+    """First deliveries are filled into a per-process template; only the delivery tag (unique
+    per message) may differ from the message Celery and kombu build field by field."""
+    celery = Celery("reference", set_as_current=False)
+    celery.conf.update(broker_configuration(settings))
+    messages = RedisTaskMessages(celery, settings.queue_name)
+    event = QueuedEvent("msg_3", '{"type": "user.created", "data": {"név": "Zoë"}}', 1_700_000_000)
+    key, templated = messages.build(event, task_id="task-3")
+    celery_key, built = messages.build_with_celery(event, task_id="task-3")
+    ours, reference = json.loads(templated), json.loads(built)
+    assert key == celery_key == settings.queue_name
+    assert ours["properties"].pop("delivery_tag") != reference["properties"].pop("delivery_tag")
+    ours["body"] = json.loads(base64.b64decode(ours["body"]))
+    reference["body"] = json.loads(base64.b64decode(reference["body"]))
+    assert ours == reference
+    assert ours["body"][0] == event.task_args()
 
 
 def test_send_carries_the_task_id_retries_and_countdown_of_a_retry(
@@ -100,3 +124,17 @@ def test_one_message_list_per_queue_and_no_routing_keys(
     assert sorted(key.decode() for key in redis_client.keys("*")) == sorted(
         [settings.queue_name, LEDGER_DUE_KEY, LEDGER_MESSAGES_KEY]
     )
+
+
+def test_publish_still_works_after_redis_forgets_the_accept_script(
+    settings: Settings, redis_client: redis.Redis[bytes]
+) -> None:
+    """A restarted (or ``SCRIPT FLUSH``ed) Redis no longer knows the script by its SHA-1: the
+    publish falls back to sending it in full, which also caches it again."""
+    publisher = Publisher(settings)
+    publisher.publish(QueuedEvent("msg_a", "{}", 1))
+    redis_client.script_flush()
+    publisher.publish(QueuedEvent("msg_b", "{}", 1))
+    assert ledger_ids(redis_client) == {"msg_a", "msg_b"}
+    assert queue_length(redis_client, settings.queue_name) == 2
+    assert redis_client.script_exists(ACCEPT_SCRIPT_SHA1) == [True]

@@ -119,6 +119,38 @@ def test_a_poison_event_in_the_middle_of_a_batch_is_dead_and_its_neighbours_appl
     assert redis_client.zcard(LEDGER_DUE_KEY) == 0, "one ledger call for the whole batch"
 
 
+def test_an_event_the_database_refuses_midway_leaves_nothing_and_its_neighbours_applied(
+    runtime: WorkerRuntime,
+) -> None:
+    """A batch is first applied without a savepoint per event. This membership's organization
+    is written before PostgreSQL refuses the membership itself (a user id longer than its
+    column): the batch is rolled back and applied again with savepoints, so the event is dead
+    with nothing of it kept, and its neighbours are applied once."""
+    engine = runtime.engine
+    doomed_organization = organization_data("org_doomed", name="Doomed")
+    neighbour = organization_data("org_neighbour", name="Neighbour")
+    items = [
+        item(event("organization.created", neighbour)),
+        item(
+            event(
+                "organizationMembership.created",
+                membership_data(doomed_organization, user_id="user_" + "x" * 100),
+            )
+        ),
+        item(event("organizationMembership.created", membership_data(neighbour, user_id="u_1"))),
+    ]
+
+    assert process_batch(runtime, items) == ["applied", "dead", "applied"]
+
+    assert org_names(engine) == {"org_neighbour": "Neighbour"}
+    dead = inbox_row(engine, items[1].svix_id)
+    assert dead is not None
+    assert (dead["status"], dead["attempts"]) == ("dead", 1)
+    assert "StringDataRightTruncation" in dead["last_error"]
+    with engine.connect() as connection:
+        assert connection.scalar(select(func.count()).select_from(webhook_events)) == 3
+
+
 def test_duplicates_within_a_batch_and_of_earlier_deliveries_are_applied_once(
     any_runtime: WorkerRuntime,
 ) -> None:
