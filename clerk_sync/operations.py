@@ -647,9 +647,8 @@ def rebuild(
     """Empty the synced tables, then re-apply the applied events page by page (a transaction
     per page, retried on transient errors). Returns how many were re-applied, and the events
     that failed with why."""
-    from models.database import holding_locks
     from models.inbox import applied_events_after, empty_synced_tables
-    from workers.processing import apply_payload, locks_of
+    from workers.processing import apply_payload, prepared
 
     @_retry_transient
     def page(after: tuple[datetime, str] | None) -> tuple[list[StoredEvent], list[tuple[str, str]]]:
@@ -659,7 +658,7 @@ def rebuild(
             payloads = [event.payload for event in found if event.payload is not None]
             # The page's locks up front, in the workers' global order: a page applied while
             # workers apply batches waits for them instead of deadlocking with them.
-            with holding_locks(connection, *locks_of(payloads)):
+            with prepared(connection, payloads):
                 for event in found:
                     assert event.payload is not None
                     outcome, error = apply_payload(

@@ -6,11 +6,13 @@ incarnations apart (a user removed and re-added), ``updated_at`` orders changes 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
-from sqlalchemy import Connection, and_, bindparam, delete, or_, select
+from sqlalchemy import Connection, and_, bindparam, delete, or_, select, tuple_
 
 from models.database import (
     bind_parameters,
@@ -20,6 +22,7 @@ from models.database import (
     lock_organization,
     lock_user,
 )
+from models.known import HOLDERS, MISSING, forget, forget_matching, recall, remembering
 from models.organizations import OrganizationSnapshot, write_organization
 from models.tables import organization_memberships
 from models.tombstones import (
@@ -84,14 +87,7 @@ def upsert_membership(connection: Connection, snapshot: MembershipSnapshot) -> b
     if tombstone is not None and (tombstone.created_at or 0) >= snapshot.created_at:
         return False
 
-    holder = connection.execute(
-        _HOLDER,
-        {
-            "p_organization_id": organization_id,
-            "p_user_id": snapshot.user_id,
-            "p_id": snapshot.id,
-        },
-    ).one_or_none()
+    holder = _holder(connection, organization_id, snapshot.user_id, snapshot.id)
     if holder is not None:
         if (holder.created_at, holder.id) > (snapshot.created_at, snapshot.id):
             _supersede(
@@ -99,6 +95,7 @@ def upsert_membership(connection: Connection, snapshot: MembershipSnapshot) -> b
             )
             return False
         _supersede(connection, organization_id, holder.id, holder.created_at, snapshot.created_at)
+        forget(connection, HOLDERS, (organization_id, snapshot.user_id))
         connection.execute(
             delete(organization_memberships).where(organization_memberships.c.id == holder.id)
         )
@@ -119,7 +116,59 @@ def upsert_membership(connection: Connection, snapshot: MembershipSnapshot) -> b
         "synced_at": datetime.now(UTC),
     }
     statement = cached_statement(connection, "upsert_membership", _upsert_statement)
-    return connection.execute(statement, bound(values)).first() is not None
+    written = connection.execute(statement, bound(values)).first() is not None
+    if written:
+        # The row now holds this pair, and no longer the pair it held (should it have moved).
+        pair = (organization_id, snapshot.user_id)
+        forget_matching(
+            connection,
+            HOLDERS,
+            lambda key, holders: key == pair or any(h.id == snapshot.id for h in holders),
+        )
+    return written
+
+
+@dataclass(frozen=True)
+class Holder:
+    id: str
+    created_at: int
+
+
+def _holder(connection: Connection, organization_id: str, user_id: str, own_id: str) -> Any:
+    """Another membership id holding the same (organization, user), if any."""
+    known = recall(connection, HOLDERS, (organization_id, user_id))
+    if known is not MISSING:
+        others = [holder for holder in known if holder.id != own_id]
+        if len(others) <= 1:
+            return others[0] if others else None
+    return connection.execute(
+        _HOLDER,
+        {"p_organization_id": organization_id, "p_user_id": user_id, "p_id": own_id},
+    ).one_or_none()
+
+
+HOLDER_PAIRS_PER_QUERY: Final = 500
+
+
+@contextmanager
+def knowing_holders(connection: Connection, pairs: Iterable[tuple[str, str]]) -> Iterator[None]:
+    """Read the memberships holding these (organization, user) pairs at once, for the holder
+    lookups of the mutations in this block (``models.known``); call it holding their locks."""
+    wanted = sorted({pair for pair in pairs if "\x00" not in pair[0] + pair[1]})
+    known: dict[tuple[str, str], list[Holder]] = {pair: [] for pair in wanted}
+    columns = organization_memberships.c
+    for start in range(0, len(wanted), HOLDER_PAIRS_PER_QUERY):
+        rows = connection.execute(
+            select(columns.organization_id, columns.user_id, columns.id, columns.created_at).where(
+                tuple_(columns.organization_id, columns.user_id).in_(
+                    wanted[start : start + HOLDER_PAIRS_PER_QUERY]
+                )
+            )
+        )
+        for row in rows:
+            known[(row.organization_id, row.user_id)].append(Holder(row.id, row.created_at))
+    with remembering(connection, HOLDERS, known):
+        yield
 
 
 COLUMNS = tuple(column.name for column in organization_memberships.columns)
@@ -186,6 +235,7 @@ def remove_membership(
             reason=DELETED,
         ),
     )
+    forget_matching(connection, HOLDERS, lambda pair, _: pair[0] == organization_id)
     connection.execute(
         delete(organization_memberships).where(
             organization_memberships.c.id == membership_id,

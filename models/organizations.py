@@ -15,6 +15,15 @@ from models.database import (
     insert_for,
     lock_organization,
 )
+from models.known import (
+    HOLDERS,
+    MISSING,
+    ORGANIZATION_VERSIONS,
+    forget,
+    forget_matching,
+    note,
+    recall,
+)
 from models.tables import organization_memberships, organizations
 from models.tombstones import DELETED, ORGANIZATION, Tombstone, bury, find_tombstone
 
@@ -50,6 +59,11 @@ def write_organization(connection: Connection, snapshot: OrganizationSnapshot) -
     """The write of ``upsert_organization`` alone, for a caller that holds the organization's
     lock and found no tombstone for it (a membership mutation): insert, or overwrite an older
     version. Returns whether a row was written."""
+    known = recall(connection, ORGANIZATION_VERSIONS, snapshot.id)
+    if known is not MISSING and snapshot.updated_at <= known:
+        # Nested in every membership event: the batch wrote this version (or a newer one
+        # was there) already, and the statement would change nothing.
+        return False
     values = {
         "id": snapshot.id,
         "name": snapshot.name,
@@ -64,7 +78,9 @@ def write_organization(connection: Connection, snapshot: OrganizationSnapshot) -
         "synced_at": datetime.now(UTC),
     }
     statement = cached_statement(connection, "upsert_organization", _upsert_statement)
-    return connection.execute(statement, bound(values)).first() is not None
+    written = connection.execute(statement, bound(values)).first() is not None
+    note(connection, ORGANIZATION_VERSIONS, snapshot.id, snapshot.updated_at)
+    return written
 
 
 COLUMNS = tuple(column.name for column in organizations.columns)
@@ -99,6 +115,8 @@ def delete_organization(connection: Connection, organization_id: str, deleted_at
             reason=DELETED,
         ),
     )
+    forget(connection, ORGANIZATION_VERSIONS, organization_id)
+    forget_matching(connection, HOLDERS, lambda pair, _: pair[0] == organization_id)
     connection.execute(
         delete(organization_memberships).where(
             organization_memberships.c.organization_id == organization_id

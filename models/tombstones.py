@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from sqlalchemy import Connection, and_, bindparam, or_, select
 
-from models.database import greatest, insert_for, least
+from models.database import (
+    bind_parameters,
+    bound,
+    cached_statement,
+    greatest,
+    insert_for,
+    least,
+)
+from models.known import MISSING, TOMBSTONES, forget, recall, remembering
 from models.tables import tombstones
 
 ORGANIZATION: Final = "organization"
@@ -36,6 +46,9 @@ _FIND = select(tombstones).where(
 
 
 def find_tombstone(connection: Connection, entity_type: str, entity_id: str) -> Tombstone | None:
+    known = recall(connection, TOMBSTONES, (entity_type, entity_id))
+    if known is not MISSING:
+        return known  # type: ignore[no-any-return]
     row = connection.execute(
         _FIND, {"p_entity_type": entity_type, "p_entity_id": entity_id}
     ).one_or_none()
@@ -73,6 +86,10 @@ def find_two_tombstones(
     connection: Connection, first: tuple[str, str], second: tuple[str, str]
 ) -> tuple[Tombstone | None, Tombstone | None]:
     """``find_tombstone`` for two entities (``(entity_type, entity_id)``) in one query."""
+    first_known = recall(connection, TOMBSTONES, first)
+    second_known = recall(connection, TOMBSTONES, second)
+    if first_known is not MISSING and second_known is not MISSING:
+        return first_known, second_known
     found = {
         (row.entity_type, row.entity_id): _tombstone(row)
         for row in connection.execute(
@@ -88,6 +105,37 @@ def find_two_tombstones(
     return found.get(first), found.get(second)
 
 
+TOMBSTONES_PER_QUERY: Final = 500
+
+
+@contextmanager
+def knowing_tombstones(
+    connection: Connection, entities: Iterable[tuple[str, str]]
+) -> Iterator[None]:
+    """Read the tombstones of these ``(entity_type, entity_id)`` at once, for the lookups of
+    the mutations in this block (``models.known``); call it holding their locks."""
+    wanted = sorted({entity for entity in entities if "\x00" not in entity[1]})
+    known: dict[tuple[str, str], Tombstone | None] = dict.fromkeys(wanted)
+    for start in range(0, len(wanted), TOMBSTONES_PER_QUERY):
+        by_type: dict[str, list[str]] = {}
+        for entity_type, entity_id in wanted[start : start + TOMBSTONES_PER_QUERY]:
+            by_type.setdefault(entity_type, []).append(entity_id)
+        rows = connection.execute(
+            select(tombstones).where(
+                or_(
+                    *(
+                        and_(tombstones.c.entity_type == kind, tombstones.c.entity_id.in_(ids))
+                        for kind, ids in by_type.items()
+                    )
+                )
+            )
+        )
+        for row in rows:
+            known[(row.entity_type, row.entity_id)] = _tombstone(row)
+    with remembering(connection, TOMBSTONES, known):
+        yield
+
+
 def bury(connection: Connection, tombstone: Tombstone) -> None:
     """Record a deletion; burying the same entity again keeps the widest claim.
 
@@ -95,17 +143,25 @@ def bury(connection: Connection, tombstone: Tombstone) -> None:
     the stored value only ever grows; ``deleted_at`` keeps the earliest deletion seen, and an
     explicit deletion outranks a supersession.
     """
+    values = {
+        "entity_type": tombstone.entity_type,
+        "entity_id": tombstone.entity_id,
+        "organization_id": tombstone.organization_id,
+        "created_at": tombstone.created_at,
+        "deleted_at": tombstone.deleted_at,
+        "reason": tombstone.reason,
+        "synced_at": datetime.now(UTC),
+    }
+    connection.execute(cached_statement(connection, "bury", _bury_statement), bound(values))
+    forget(connection, TOMBSTONES, (tombstone.entity_type, tombstone.entity_id))
+
+
+def _bury_statement(connection: Connection) -> Any:
     statement = insert_for(connection, tombstones).values(
-        entity_type=tombstone.entity_type,
-        entity_id=tombstone.entity_id,
-        organization_id=tombstone.organization_id,
-        created_at=tombstone.created_at,
-        deleted_at=tombstone.deleted_at,
-        reason=tombstone.reason,
-        synced_at=datetime.now(UTC),
+        bind_parameters(tombstones, [column.name for column in tombstones.columns])
     )
     excluded = statement.excluded
-    statement = statement.on_conflict_do_update(
+    return statement.on_conflict_do_update(
         index_elements=[tombstones.c.entity_type, tombstones.c.entity_id],
         set_={
             "created_at": greatest(connection, tombstones.c.created_at, excluded.created_at),
@@ -115,4 +171,3 @@ def bury(connection: Connection, tombstone: Tombstone) -> None:
             "synced_at": excluded.synced_at,
         },
     )
-    connection.execute(statement)

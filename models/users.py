@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, delete
 
 from models.database import bind_parameters, bound, cached_statement, insert_for, lock_user
+from models.known import HOLDERS, forget_matching
 from models.tables import organization_memberships, users
 from models.tombstones import DELETED, USER, Tombstone, bury, find_tombstone
 
@@ -86,6 +87,7 @@ def delete_user(connection: Connection, user_id: str, deleted_at: int) -> None:
             reason=DELETED,
         ),
     )
+    forget_matching(connection, HOLDERS, lambda pair, _: pair[1] == user_id)
     connection.execute(
         delete(organization_memberships).where(organization_memberships.c.user_id == user_id)
     )

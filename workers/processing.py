@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import traceback
-from collections.abc import Iterable, Sequence
-from contextlib import nullcontext
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -29,7 +29,10 @@ from models.events import (
     finish_events,
     note_failed_attempt,
 )
-from workers.handlers import HANDLERS, lock_targets
+from models.known import ORGANIZATION_VERSIONS, forget_everything, remembering
+from models.memberships import knowing_holders
+from models.tombstones import knowing_tombstones
+from workers.handlers import HANDLERS, Targets
 from workers.handlers.payloads import PoisonEventError, read_envelope, to_milliseconds
 
 log = logging.getLogger("clerk_sync.worker")
@@ -174,7 +177,7 @@ def _apply_batch(
             else:
                 pending.append(event)
         outcomes = []
-        with holding_locks(connection, *locks_of(event.payload for event in pending)):
+        with prepared(connection, [event.payload for event in pending]):
             for event in pending:
                 with structlog.contextvars.bound_contextvars(
                     svix_id=event.svix_id, event_type=event.event_type
@@ -202,16 +205,22 @@ apply_batch_with_short_retries = retry(
 )(apply_batch)
 
 
-def locks_of(payloads: Iterable[str]) -> tuple[set[str], set[str]]:
-    """The organizations and users whose locks applying these payloads takes (for
-    ``models.database.holding_locks``)."""
-    organizations: set[str] = set()
-    users: set[str] = set()
+@contextmanager
+def prepared(connection: Connection, payloads: Iterable[str]) -> Iterator[None]:
+    """Take, up front, the locks every one of these payloads' mutations takes, in one global
+    order (so concurrent batches wait for each other instead of deadlocking), then read the
+    tombstones and membership holders they look up, in one query each, and remember the
+    organization versions they write (``models.known``)."""
+    targets = Targets()
     for payload in payloads:
-        payload_organizations, payload_users = lock_targets(_parsed(payload))
-        organizations |= payload_organizations
-        users |= payload_users
-    return organizations, users
+        targets.add(_parsed(payload))
+    with (
+        holding_locks(connection, targets.organizations, targets.users),
+        knowing_tombstones(connection, targets.tombstones),
+        knowing_holders(connection, targets.holders),
+        remembering(connection, ORGANIZATION_VERSIONS, {}),
+    ):
+        yield
 
 
 def _parsed(payload: str) -> Any:
@@ -234,7 +243,8 @@ def apply_payload(
     The mutation alone: the inbox is not touched, so ``rebuild`` re-applies stored events
     through exactly the code ``apply_event`` uses. Transient database errors propagate. Without
     ``isolated`` there is no savepoint, and an event that cannot be applied raises
-    ``IsolationNeededError`` instead of being reported dead.
+    ``IsolationNeededError`` instead of being reported dead. When the savepoint rolls back,
+    the batch forgets what it had read or noted (``models.known``): some of it may be undone.
     """
     try:
         with connection.begin_nested() if isolated else nullcontext():
@@ -246,12 +256,14 @@ def apply_payload(
     except (PoisonEventError, ValueError) as poison:
         if not isolated:
             raise IsolationNeededError from poison
+        forget_everything(connection)
         return DEAD, f"{type(poison).__name__}: {poison}"
     except Exception as failure:
         if is_transient(failure):
             raise
         if not isolated:
             raise IsolationNeededError from failure
+        forget_everything(connection)
         return DEAD, traceback.format_exc()
     return APPLIED, None
 

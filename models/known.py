@@ -1,0 +1,84 @@
+"""Rows a batch of mutations read up front, in one query, instead of one query per mutation.
+
+A batch holds the locks of every organization and user it touches before it reads anything
+(``models.database.holding_locks``), and every writer of tombstones and memberships takes those
+same locks: what the batch reads after taking them cannot change under it, except by its own
+writes. So the batch reads the tombstones and membership holders its events will look up in one
+query each, and the mutations consult that copy. A mutation that writes such rows forgets the
+copy's entries it may have changed (a key, or the whole copy), and the next lookup of those goes
+to the database again: the copy is never newer or older than what the transaction would read,
+even when a savepoint rolls a write back. What a write establishes (an organization's version)
+is noted, and forgotten, with everything else, when a savepoint rolls back. Outside a batch
+nothing is remembered and every lookup queries, as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
+from typing import Any, Final
+
+from sqlalchemy import Connection
+
+TOMBSTONES: Final = "clerk_sync.known_tombstones"
+"""(entity_type, entity_id) → the tombstone, or None for "none"."""
+HOLDERS: Final = "clerk_sync.known_holders"
+"""(organization_id, user_id) → the memberships holding that pair, as (id, created_at)."""
+ORGANIZATION_VERSIONS: Final = "clerk_sync.known_organization_versions"
+"""organization id → an ``updated_at`` the row is known to hold at least (written, or found
+newer, by an earlier mutation of the batch): a snapshot no newer need not be written again."""
+NAMES: Final = (TOMBSTONES, HOLDERS, ORGANIZATION_VERSIONS)
+
+
+@contextmanager
+def remembering(connection: Connection, name: str, rows: dict[Any, Any]) -> Iterator[None]:
+    """Let lookups in this block answer from ``rows`` for the keys it holds."""
+    connection.info[name] = rows
+    try:
+        yield
+    finally:
+        # ``info`` belongs to the pooled DBAPI connection and outlives the transaction.
+        connection.info.pop(name, None)
+
+
+MISSING: Final = object()
+"""``recall``'s answer for a key the batch did not read: query the database."""
+
+
+def recall(connection: Connection, name: str, key: Hashable) -> Any:
+    """The remembered value for ``key``, or ``MISSING``."""
+    rows = connection.info.get(name)
+    if rows is None:
+        return MISSING
+    return rows.get(key, MISSING)
+
+
+def note(connection: Connection, name: str, key: Hashable, value: Any) -> None:
+    """Remember what a write just established, if this block remembers ``name``."""
+    rows = connection.info.get(name)
+    if rows is not None:
+        rows[key] = value
+
+
+def forget(connection: Connection, name: str, key: Hashable) -> None:
+    """A write may have changed ``key``'s rows."""
+    rows = connection.info.get(name)
+    if rows is not None:
+        rows.pop(key, None)
+
+
+def forget_matching(connection: Connection, name: str, matches: Callable[[Any, Any], bool]) -> None:
+    """A write may have changed the rows of every key that ``matches(key, value)``."""
+    rows = connection.info.get(name)
+    if rows is not None:
+        for key in [key for key, value in rows.items() if matches(key, value)]:
+            del rows[key]
+
+
+def forget_everything(connection: Connection) -> None:
+    """A savepoint rolled back: what its writes established is undone, so the batch forgets all
+    it remembered (it is read again, from the database, as needed)."""
+    for name in NAMES:
+        rows = connection.info.get(name)
+        if rows is not None:
+            rows.clear()
