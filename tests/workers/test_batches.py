@@ -20,10 +20,11 @@ import redis
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select
+from sqlalchemy import event as sqlalchemy_event
 
 from clerk_sync.settings import Settings, SettingsError
 from ingress.queue import LEDGER_DUE_KEY, Publisher, QueuedEvent
-from models.tables import organizations, webhook_events
+from models.tables import organization_memberships, organizations, webhook_events
 from tests.conftest import empty_tables, inbox_row, queue_length, wait_for
 from tests.factories import (
     body_of,
@@ -149,6 +150,70 @@ def test_an_event_the_database_refuses_midway_leaves_nothing_and_its_neighbours_
     assert "StringDataRightTruncation" in dead["last_error"]
     with engine.connect() as connection:
         assert connection.scalar(select(func.count()).select_from(webhook_events)) == 3
+
+
+def test_what_a_refused_event_wrote_is_written_again_by_the_next_event_that_needs_it(
+    runtime: WorkerRuntime,
+) -> None:
+    """A batch remembers the organization versions it wrote and skips writing them again. The
+    refused membership wrote its organization before PostgreSQL refused it, and its savepoint
+    took that write back: the next membership, nesting the same organization snapshot, must
+    write it, not trust what the batch remembered."""
+    doomed_organization = organization_data("org_shared", name="Shared")
+    items = [
+        item(
+            event(
+                "organizationMembership.created",
+                membership_data(doomed_organization, user_id="user_" + "x" * 100),
+            )
+        ),
+        item(
+            event(
+                "organizationMembership.created",
+                membership_data(doomed_organization, user_id="user_fine"),
+            )
+        ),
+    ]
+
+    assert process_batch(runtime, items) == ["dead", "applied"]
+
+    assert org_names(runtime.engine) == {"org_shared": "Shared"}
+
+
+def test_a_batch_of_memberships_reads_its_tombstones_and_holders_once(
+    runtime: WorkerRuntime,
+) -> None:
+    """Round trips, not time: a batch of memberships in a few organizations costs a fixed
+    number of statements (claim, locks, tombstones, holders, outcomes) plus, per event, the
+    membership's upsert and, once per organization, the organization's."""
+    engine = runtime.engine
+    organizations_in_batch = [organization_data(f"org_{n}", name=f"Org {n}") for n in range(3)]
+    items = [
+        item(
+            event(
+                "organizationMembership.created",
+                membership_data(organizations_in_batch[n % 3], user_id=f"user_{n}"),
+            )
+        )
+        for n in range(30)
+    ]
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        statements.append(args[2])
+
+    sqlalchemy_event.listen(engine, "before_cursor_execute", count)
+    try:
+        assert set(process_batch(runtime, items)) == {"applied"}
+    finally:
+        sqlalchemy_event.remove(engine, "before_cursor_execute", count)
+
+    upserts = [s for s in statements if s.startswith("INSERT INTO organization_memberships")]
+    organization_writes = [s for s in statements if s.startswith("INSERT INTO organizations")]
+    assert (len(upserts), len(organization_writes)) == (30, 3)
+    assert len(statements) - 33 <= 8, statements
+    with engine.connect() as connection:
+        assert connection.scalar(select(func.count()).select_from(organization_memberships)) == 30
 
 
 def test_duplicates_within_a_batch_and_of_earlier_deliveries_are_applied_once(
