@@ -41,6 +41,7 @@ from workers.processing import (
     record_retry,
 )
 from workers.reconcile import RECONCILE_TASK, reconcile_schedule, scheduled_reconcile
+from workers.transport import TRANSPORT
 
 log = logging.getLogger("clerk_sync.worker")
 
@@ -93,6 +94,7 @@ class WorkerRuntime:
 def celery_configuration(settings: Settings) -> dict[str, Any]:
     return {
         **broker_configuration(settings),
+        **({"broker_transport": TRANSPORT} if settings.uses_redis_broker else {}),
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
