@@ -1,0 +1,83 @@
+"""The workers' kombu transport: a backlog is received many messages per round trip, each one
+recorded as unacknowledged exactly as kombu records it, so kombu's restore brings it back."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+from kombu import Consumer, Queue
+
+from clerk_sync.settings import Settings
+from ingress.queue import Publisher, QueuedEvent
+from tests.conftest import queue_length
+from workers.app import create_celery_app
+from workers.transport import Channel
+
+
+def publish(settings: Settings, count: int) -> list[str]:
+    publisher = Publisher(settings)
+    svix_ids = [f"msg_{number}" for number in range(count)]
+    for svix_id in svix_ids:
+        publisher.publish(QueuedEvent(svix_id, '{"type": "user.created"}', 1))
+    return svix_ids
+
+
+def receive(settings: Settings, prefetch: int, rounds: int) -> tuple[list[Any], Channel, Any]:
+    """Consume with a prefetch limit, one ``drain_events`` (one ``BRPOP``) per round."""
+    connection = create_celery_app(settings).connection_for_read()
+    channel = connection.default_channel
+    assert isinstance(channel, Channel)
+    channel.basic_qos(0, prefetch, False)
+    received: list[Any] = []
+    consumer = Consumer(
+        channel,
+        queues=[Queue(settings.queue_name)],
+        callbacks=[lambda _body, message: received.append(message)],
+        accept=["json"],
+    )
+    consumer.consume()
+    for _ in range(rounds):
+        connection.drain_events(timeout=5)
+    return received, channel, connection
+
+
+def test_one_brpop_brings_as_many_messages_as_the_prefetch_limit_allows(
+    settings: Settings, redis_client: redis.Redis[bytes]
+) -> None:
+    svix_ids = publish(settings, 50)
+    received, channel, connection = receive(settings, prefetch=30, rounds=1)
+    try:
+        assert [message.decode()[0][0] for message in received] == svix_ids[:30], "in order"
+        assert queue_length(redis_client, settings.queue_name) == 20
+        unacked = redis_client.hgetall("unacked")
+        assert set(unacked) == {message.delivery_tag.encode() for message in received}
+        assert redis_client.zcard("unacked_index") == 30
+        for message in received:
+            raw, exchange, routing_key = json.loads(unacked[message.delivery_tag.encode()])
+            assert raw == message._raw
+            assert (exchange, routing_key) == ("", settings.queue_name)
+
+        for message in received[:10]:
+            message.ack()
+        assert redis_client.hlen("unacked") == 20
+        channel.qos.restore_unacked()
+        assert redis_client.hlen("unacked") == 0
+        assert queue_length(redis_client, settings.queue_name) == 40, "kombu's restore works"
+    finally:
+        connection.release()
+
+
+def test_what_is_not_a_kombu_message_is_left_on_the_queue_for_kombu(
+    settings: Settings, redis_client: redis.Redis[bytes]
+) -> None:
+    publish(settings, 3)
+    redis_client.lpush(settings.queue_name, b"not a message")
+    received, _channel, connection = receive(settings, prefetch=10, rounds=1)
+    try:
+        assert len(received) == 3
+        assert redis_client.lrange(settings.queue_name, 0, -1) == [b"not a message"]
+        assert redis_client.hlen("unacked") == 3
+    finally:
+        connection.release()
