@@ -111,33 +111,61 @@ HELD_LOCKS = "clerk_sync.held_locks"
 """``Connection.info`` key: lock keys this connection's transaction already holds."""
 
 
+TRY_LOCK_MANY = text(
+    "SELECT key FROM unnest(CAST(:keys AS text[])) AS key "
+    "WHERE NOT pg_try_advisory_xact_lock(hashtextextended(key, 0))"
+)
+"""Take whichever of these keys' advisory locks are free, without waiting; returns the others."""
+
+
+def lock_keys(organization_ids: Iterable[str], user_ids: Iterable[str]) -> set[str]:
+    """The advisory lock keys of ``lock_organization`` and ``lock_user`` for these ids (ids that
+    PostgreSQL text cannot hold, with NUL, are left out: their mutation fails on its own)."""
+    return {f"organization:{value}" for value in organization_ids if "\x00" not in value} | {
+        f"user:{value}" for value in user_ids if "\x00" not in value
+    }
+
+
 @contextmanager
 def holding_locks(
-    connection: Connection, organization_ids: Iterable[str], user_ids: Iterable[str]
-) -> Iterator[None]:
+    connection: Connection,
+    organization_ids: Iterable[str],
+    user_ids: Iterable[str],
+    *,
+    wait: bool = True,
+) -> Iterator[set[str]]:
     """Take, up front, every lock that a batch of mutations will take one by one, and let the
-    mutations inside the block skip taking them again.
+    mutations inside the block skip taking them again. Yields the keys (``lock_keys``) whose
+    locks are *not* held: none when waiting.
 
     The locks are the same as ``lock_organization``'s and ``lock_user``'s, in one global order:
     organizations before users, as every single mutation takes them, and within each kind by
     lock id. Transactions that lock several organizations this way wait for each other instead
-    of deadlocking, whatever order their events come in. They are transaction-level locks taken
-    outside any savepoint: held until the transaction ends, whatever savepoints roll back. Use
-    it in the transaction, and run nothing after the block that relies on the skipped locks.
-    Ids that PostgreSQL text cannot hold (NUL) are left out: their mutation fails on its own.
+    of deadlocking, whatever order their events come in. Without ``wait``, only the free locks
+    are taken (a try-lock never waits, so it cannot deadlock either), and the caller leaves
+    alone the mutations whose locks another transaction holds. They are transaction-level locks
+    taken outside any savepoint: held until the transaction ends, whatever savepoints roll back.
+    Use it in the transaction, and run nothing after the block that relies on the skipped locks.
     """
     if connection.dialect.name != "postgresql":
-        yield
+        yield set()
         return
     held: set[str] = set()
-    for prefix, ids in (("organization", organization_ids), ("user", user_ids)):
-        keys = sorted({f"{prefix}:{value}" for value in ids if "\x00" not in value})
+    busy: set[str] = set()
+    if wait:
+        for prefix, ids in (("organization", organization_ids), ("user", user_ids)):
+            keys = sorted({f"{prefix}:{value}" for value in ids if "\x00" not in value})
+            if keys:
+                connection.execute(LOCK_MANY, {"keys": keys})
+                held.update(keys)
+    else:
+        keys = sorted(lock_keys(organization_ids, user_ids))
         if keys:
-            connection.execute(LOCK_MANY, {"keys": keys})
-            held.update(keys)
+            busy = set(connection.execute(TRY_LOCK_MANY, {"keys": keys}).scalars())
+            held = set(keys) - busy
     connection.info[HELD_LOCKS] = held
     try:
-        yield
+        yield busy
     finally:
         # ``info`` belongs to the pooled DBAPI connection and outlives the transaction.
         connection.info.pop(HELD_LOCKS, None)

@@ -43,6 +43,7 @@ from ingress.queue import APPLY_EVENT_TASK, BROKER_ERRORS, QueuedEvent
 from models.database import is_transient
 from models.events import APPLIED, DEAD, IncomingEvent
 from workers.processing import (
+    DEFERRED,
     apply_batch_with_short_retries,
     apply_event,
     dead_letter,
@@ -67,6 +68,9 @@ IGNORED: Final = "ignored"
 
 CONTENTION_SQLSTATES: Final = frozenset({"55P03", "40P01", "40001"})
 """Lock timeout, deadlock, serialization failure: one event's trouble, not the database's."""
+
+MAX_DEFERRALS: Final = 3
+"""Batches that may defer an event (its lock held by another batch) before one waits for it."""
 
 SUPPORTED_POOLS: Final = frozenset({"celery.concurrency.prefork", "celery.concurrency.solo"})
 """Pools whose results come back in the main process's event loop (not in other threads)."""
@@ -95,18 +99,21 @@ def register_runtime(runtime: WorkerRuntime) -> str:
     return key
 
 
-def run_batch(runtime_key: str, items: list[BatchItem]) -> list[str]:
+def run_batch(runtime_key: str, items: list[BatchItem], wait_for_locks: bool = True) -> list[str]:
     """Entry point in the pool process: one outcome per item (see ``process_batch``)."""
     try:
-        return process_batch(_RUNTIMES[runtime_key], items)
+        return process_batch(_RUNTIMES[runtime_key], items, wait_for_locks=wait_for_locks)
     except Exception:
         log.exception("batch failed unexpectedly", extra={"events": len(items)})
         return [FAILED] * len(items)
 
 
-def process_batch(runtime: WorkerRuntime, items: Sequence[BatchItem]) -> list[str]:
+def process_batch(
+    runtime: WorkerRuntime, items: Sequence[BatchItem], *, wait_for_locks: bool = True
+) -> list[str]:
     """Apply a batch of queued events; returns, per item, its status (``applied``, ``skipped``,
-    ``dead``) or ``retry``, ``failed``, ``requeue``, ``ignored``."""
+    ``dead``) or ``retry``, ``failed``, ``requeue``, ``ignored``, or (without
+    ``wait_for_locks``) ``deferred``: see ``workers.processing.apply_batch``."""
     started = time.perf_counter()
     settings = runtime.settings
     events: dict[str, IncomingEvent] = {}
@@ -122,14 +129,23 @@ def process_batch(runtime: WorkerRuntime, items: Sequence[BatchItem]) -> list[st
     unique = list(events.values())
 
     finished: dict[str, str] = {}
+    deferred: set[str] = set()
     transient: dict[str, BaseException] = {}
     failed: set[str] = set(first_copy) - set(events)
     try:
         if unique:
             results = apply_batch_with_short_retries(
-                runtime.engine, unique, settings.workspace_metadata_key
+                runtime.engine,
+                unique,
+                settings.workspace_metadata_key,
+                wait_for_locks=wait_for_locks,
             )
-            finished = {svix_id: result.status for svix_id, result in results.items()}
+            finished = {
+                svix_id: result.status
+                for svix_id, result in results.items()
+                if result.status != DEFERRED
+            }
+            deferred = {svix_id for svix_id, result in results.items() if result.status == DEFERRED}
     except Exception as error:  # noqa: BLE001 - handled event by event below
         if len(unique) == 1 and is_transient(error):
             transient[unique[0].svix_id] = error
@@ -141,6 +157,7 @@ def process_batch(runtime: WorkerRuntime, items: Sequence[BatchItem]) -> list[st
             _one_by_one(runtime, unique, error, started, finished, transient, failed)
 
     outcomes = _retry_or_dead_letter(runtime, first_copy, events, transient, finished, failed)
+    outcomes.update(dict.fromkeys(deferred, DEFERRED))
     elapsed = time.perf_counter() - started
     _observe(runtime, items, events, finished, elapsed)
     _forget(runtime, list(finished))
@@ -362,6 +379,8 @@ class Batcher:
         self.parallel_batch_size = max(1, task.batch_size // 4)
         self.flush_interval = task.batch_flush_interval
         self.buffer: list[Any] = []
+        self.deferred: dict[str, int] = {}
+        """How many times batches deferred each buffered message, by id (``MAX_DEFERRALS``)."""
         self.in_flight = 0
         self.flush_entry: Any = None
         self.flushing = False
@@ -490,6 +509,7 @@ class Batcher:
         for request in self.buffer:
             task_ready(request)
         self.buffer.clear()
+        self.deferred.clear()
         if self.flush_entry is not None:
             self.timer.cancel(self.flush_entry)
             self.flush_entry = None
@@ -506,12 +526,16 @@ class Batcher:
             valid.append(request)
         if not items:
             return
+        # A batch takes the free locks and defers the events whose locks another batch holds;
+        # deferred events come back here, and once one has been deferred MAX_DEFERRALS times,
+        # its next batch waits for its locks: no event waits forever behind busy neighbours.
+        wait_for_locks = any(self.deferred.get(request.id, 0) >= MAX_DEFERRALS for request in valid)
         log.debug("batch handed to the pool", extra={"events": len(items)})
         self.in_flight += 1
         try:
             result = self.pool.apply_async(
                 run_batch,
-                args=(self.task.batch_runtime, items),
+                args=(self.task.batch_runtime, items, wait_for_locks),
                 accept_callback=partial(self._on_accepted, valid),
                 callback=partial(self._on_return, valid, time.monotonic()),
                 error_callback=partial(self._on_error, valid),
@@ -543,10 +567,22 @@ class Batcher:
         runtime = time.monotonic() - submitted
         try:
             settled = list(zip(requests, outcomes, strict=True))
+            again = [request for request, outcome in settled if outcome == DEFERRED]
+            settled = [(request, outcome) for request, outcome in settled if outcome != DEFERRED]
             acknowledge_all([request for request, outcome in settled if outcome != REQUEUE])
-            self._announce(requests)
+            self._announce([request for request, _ in settled])
             for request, outcome in settled:
+                self.deferred.pop(request.id, None)
                 _settle(request, outcome, runtime)
+            if self.retired:
+                # The old channel's messages come back from the broker.
+                for request in again:
+                    task_ready(request)
+            elif again:
+                log.debug("events deferred to the next batch", extra={"events": len(again)})
+                for request in again:
+                    self.deferred[request.id] = self.deferred.get(request.id, 0) + 1
+                self.buffer[:0] = again
         finally:
             self.flush(idle_only=True)
 
@@ -557,6 +593,7 @@ class Batcher:
         try:
             self._announce(requests)
             for request in requests:
+                self.deferred.pop(request.id, None)
                 request.on_failure(exc_info)
         finally:
             self.flush(idle_only=True)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import traceback
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import structlog
 from sqlalchemy import Connection, Engine
@@ -140,8 +140,17 @@ class BatchResult:
     """Already finished by an earlier delivery: acknowledged and ignored."""
 
 
+DEFERRED: Final = "deferred"
+"""``apply_batch`` without waiting for locks: another transaction holds a lock this event's
+mutation takes, so it was left as it was (recorded, not applied) for a later batch."""
+
+
 def apply_batch(
-    engine: Engine, events: Sequence[IncomingEvent], workspace_key: str
+    engine: Engine,
+    events: Sequence[IncomingEvent],
+    workspace_key: str,
+    *,
+    wait_for_locks: bool = True,
 ) -> dict[str, BatchResult]:
     """Record and apply many events (distinct svix ids) in one transaction; returns what became
     of each, by svix id.
@@ -150,21 +159,28 @@ def apply_batch(
     in svix-id order) first, events already applied or skipped are ignored, and a poison event
     is committed as ``dead`` with its neighbours applied. Before the first mutation, the
     organization and user locks of all the batch's events are taken in one global order, so
-    concurrent batches cannot deadlock. Transient database errors propagate (the whole batch
-    rolls back).
+    concurrent batches cannot deadlock. Without ``wait_for_locks``, only the free locks are
+    taken and the events needing one that another transaction holds are ``DEFERRED``: two
+    batches touching a few of the same organizations then run side by side instead of one
+    after the other. Transient database errors propagate (the whole batch rolls back).
 
     A savepoint per event would isolate a poison event, but costs two more round trips to the
     database per event, as many as the mutation itself: the batch is first applied without
     them, and only if an event fails is it rolled back and applied again with one per event.
     """
     try:
-        return _apply_batch(engine, events, workspace_key, isolated=False)
+        return _apply_batch(engine, events, workspace_key, isolated=False, wait=wait_for_locks)
     except IsolationNeededError:
-        return _apply_batch(engine, events, workspace_key, isolated=True)
+        return _apply_batch(engine, events, workspace_key, isolated=True, wait=wait_for_locks)
 
 
 def _apply_batch(
-    engine: Engine, events: Sequence[IncomingEvent], workspace_key: str, *, isolated: bool
+    engine: Engine,
+    events: Sequence[IncomingEvent],
+    workspace_key: str,
+    *,
+    isolated: bool,
+    wait: bool,
 ) -> dict[str, BatchResult]:
     results: dict[str, BatchResult] = {}
     with transaction(engine) as connection:
@@ -177,8 +193,11 @@ def _apply_batch(
             else:
                 pending.append(event)
         outcomes = []
-        with prepared(connection, [event.payload for event in pending]):
-            for event in pending:
+        with prepared(connection, [event.payload for event in pending], wait=wait) as ready:
+            for event, is_ready in zip(pending, ready, strict=True):
+                if not is_ready:
+                    results[event.svix_id] = BatchResult(DEFERRED, duplicate=False)
+                    continue
                 with structlog.contextvars.bound_contextvars(
                     svix_id=event.svix_id, event_type=event.event_type
                 ):
@@ -192,7 +211,7 @@ def _apply_batch(
         result = results[event.svix_id]
         if result.duplicate:
             log.info("duplicate ignored", extra={**_context(event), "status": result.status})
-        else:
+        elif result.status != DEFERRED:
             log.info("event processed", extra={**_context(event), "status": result.status})
     return results
 
@@ -206,21 +225,31 @@ apply_batch_with_short_retries = retry(
 
 
 @contextmanager
-def prepared(connection: Connection, payloads: Iterable[str]) -> Iterator[None]:
+def prepared(
+    connection: Connection, payloads: Sequence[str], *, wait: bool = True
+) -> Iterator[list[bool]]:
     """Take, up front, the locks every one of these payloads' mutations takes, in one global
     order (so concurrent batches wait for each other instead of deadlocking), then read the
     tombstones and membership holders they look up, in one query each, and remember the
-    organization versions they write (``models.known``)."""
-    targets = Targets()
-    for payload in payloads:
-        targets.add(_parsed(payload))
-    with (
-        holding_locks(connection, targets.organizations, targets.users),
-        knowing_tombstones(connection, targets.tombstones),
-        knowing_holders(connection, targets.holders),
-        remembering(connection, ORGANIZATION_VERSIONS, {}),
-    ):
-        yield
+    organization versions they write (``models.known``). Yields, per payload, whether its
+    locks are held: always when waiting; without ``wait``, only the free locks are taken and
+    the payloads needing a lock another transaction holds must be left alone."""
+    targets = [Targets.of(_parsed(payload)) for payload in payloads]
+    everything = Targets()
+    for payload_targets in targets:
+        everything.merge(payload_targets)
+    with holding_locks(connection, everything.organizations, everything.users, wait=wait) as busy:
+        ready = [not (busy and payload_targets.lock_keys() & busy) for payload_targets in targets]
+        runnable = Targets()
+        for payload_targets, is_ready in zip(targets, ready, strict=True):
+            if is_ready:
+                runnable.merge(payload_targets)
+        with (
+            knowing_tombstones(connection, runnable.tombstones),
+            knowing_holders(connection, runnable.holders),
+            remembering(connection, ORGANIZATION_VERSIONS, {}),
+        ):
+            yield ready
 
 
 def _parsed(payload: str) -> Any:

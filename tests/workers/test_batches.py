@@ -24,6 +24,7 @@ from sqlalchemy import event as sqlalchemy_event
 
 from clerk_sync.settings import Settings, SettingsError
 from ingress.queue import LEDGER_DUE_KEY, Publisher, QueuedEvent
+from models.database import lock_organization
 from models.tables import organization_memberships, organizations, webhook_events
 from tests.conftest import empty_tables, inbox_row, queue_length, wait_for
 from tests.factories import (
@@ -214,6 +215,44 @@ def test_a_batch_of_memberships_reads_its_tombstones_and_holders_once(
     assert len(statements) - 33 <= 8, statements
     with engine.connect() as connection:
         assert connection.scalar(select(func.count()).select_from(organization_memberships)) == 30
+
+
+def test_without_waiting_for_locks_a_batch_defers_only_the_events_whose_locks_are_taken(
+    pg_engine: Engine,
+) -> None:
+    """Another transaction holds one organization's lock (a concurrent batch, a rebuild page):
+    a batch that does not wait applies the rest, and leaves that organization's events recorded
+    but untouched for a later batch, which applies them once the lock is free."""
+    busy = organization_data("org_busy", name="Busy")
+    free = organization_data("org_free", name="Free")
+    events = [
+        describe_event(new_svix_id(), body_of(payload), RECEIVED_AT_MS)
+        for payload in (
+            event("organization.created", busy),
+            event("organizationMembership.created", membership_data(busy, user_id="user_1")),
+            event("organization.created", free),
+            event("organizationMembership.created", membership_data(free, user_id="user_1")),
+        )
+    ]
+    with pg_engine.connect() as holder, holder.begin():
+        lock_organization(holder, "org_busy")
+        results = apply_batch(pg_engine, events, WORKSPACE_KEY, wait_for_locks=False)
+        assert [results[e.svix_id].status for e in events] == [
+            "deferred",
+            "deferred",
+            "applied",
+            "applied",
+        ]
+        assert org_names(pg_engine) == {"org_free": "Free"}
+        for deferred in events[:2]:
+            row = inbox_row(pg_engine, deferred.svix_id)
+            assert row is not None
+            assert (row["status"], row["attempts"], row["processed_at"]) == ("received", 0, None)
+
+    results = apply_batch(pg_engine, events[:2], WORKSPACE_KEY, wait_for_locks=False)
+
+    assert [results[e.svix_id].status for e in events[:2]] == ["applied", "applied"]
+    assert org_names(pg_engine) == {"org_busy": "Busy", "org_free": "Free"}
 
 
 def test_duplicates_within_a_batch_and_of_earlier_deliveries_are_applied_once(
@@ -409,6 +448,55 @@ def test_a_worker_with_two_processes_applies_a_shuffled_2000_event_history(
     with pg_engine.connect() as connection:
         attempts = set(connection.execute(select(webhook_events.c.attempts)).scalars())
     assert attempts == {1}
+
+
+@pytest.mark.worker
+def test_events_deferred_behind_a_held_lock_are_applied_once_it_is_released(
+    settings: Settings, pg_engine: Engine, redis_client: redis.Redis[bytes], start_worker: Any
+) -> None:
+    """A batch defers the events whose organization lock another transaction holds, and after
+    a few deferrals waits for the lock instead: the held organization's events are applied as
+    soon as it is released, the others without waiting for it, each exactly once."""
+    publisher = Publisher(settings)
+    held = organization_data("org_held", name="Held")
+    payloads = [event("organization.created", held)] + [
+        event("organizationMembership.created", membership_data(held, user_id=f"user_{n}"))
+        for n in range(5)
+    ]
+    others = [event("organization.created", organization_data(f"org_{n}")) for n in range(20)]
+    held_ids = [new_svix_id() for _ in payloads]
+    other_ids = [new_svix_id() for _ in others]
+    with pg_engine.connect() as holder, holder.begin():
+        lock_organization(holder, "org_held")
+        for svix_id, payload in zip(held_ids + other_ids, payloads + others, strict=True):
+            publisher.publish(QueuedEvent(svix_id, body_of(payload), RECEIVED_AT_MS))
+        start_worker(settings, concurrency=2)
+        for svix_id in other_ids:
+            wait_for(
+                lambda svix_id=svix_id: (
+                    (row := inbox_row(pg_engine, svix_id)) and row["status"] == "applied"
+                ),
+                30,
+            )
+        assert all(
+            (row := inbox_row(pg_engine, svix_id)) is None or row["status"] == "received"
+            for svix_id in held_ids
+        )
+        released = time.monotonic()
+    for svix_id in held_ids:
+        wait_for(
+            lambda svix_id=svix_id: (
+                (row := inbox_row(pg_engine, svix_id)) and row["status"] == "applied"
+            ),
+            30,
+        )
+    assert time.monotonic() - released < 10
+    with pg_engine.connect() as connection:
+        attempts = set(connection.execute(select(webhook_events.c.attempts)).scalars())
+        members = connection.scalar(select(func.count()).select_from(organization_memberships))
+    assert (attempts, members) == ({1}, 5)
+    wait_for(lambda: redis_client.hlen("unacked") == 0, 30)
+    assert queue_length(redis_client, settings.queue_name) == 0
 
 
 @pytest.mark.worker

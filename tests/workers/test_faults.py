@@ -497,7 +497,12 @@ def test_worker_killed_mid_backlog_loses_nothing_and_applies_nothing_twice(
         held = held_since(started)
         # A COMMIT already sent when the worker died still completes in PostgreSQL.
         time.sleep(0.5)
-        finished = inbox_statuses(pg_engine)
+        # (Events a batch deferred behind another batch's locks are recorded as "received".)
+        finished = {
+            svix_id: status
+            for svix_id, status in inbox_statuses(pg_engine).items()
+            if status in ("applied", "skipped")
+        }
         time.sleep(0.5)
         assert finished_count(pg_engine) == len(finished), "nothing runs after the SIGKILL"
         kills.append(

@@ -8,6 +8,7 @@ from typing import Any, Final
 
 from sqlalchemy import Connection
 
+from models.database import lock_keys
 from models.tombstones import ORGANIZATION, ORGANIZATION_MEMBERSHIP, USER
 from workers.handlers.memberships import on_membership_deleted, on_membership_upserted
 from workers.handlers.organizations import on_organization_deleted, on_organization_upserted
@@ -41,6 +42,21 @@ class Targets:
     users: set[str] = field(default_factory=set)
     tombstones: set[tuple[str, str]] = field(default_factory=set)
     holders: set[tuple[str, str]] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, document: Any) -> Targets:
+        targets = cls()
+        targets.add(document)
+        return targets
+
+    def merge(self, other: Targets) -> None:
+        self.organizations |= other.organizations
+        self.users |= other.users
+        self.tombstones |= other.tombstones
+        self.holders |= other.holders
+
+    def lock_keys(self) -> set[str]:
+        return lock_keys(self.organizations, self.users)
 
     def add(self, document: Any) -> None:
         """Add what the handler of this (parsed) payload touches."""
