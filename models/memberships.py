@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import Connection, and_, bindparam, delete, or_, select, tuple_
+from sqlalchemy import Connection, and_, bindparam, delete, or_, select, text, tuple_
 
 from models.database import (
     bind_parameters,
@@ -149,6 +149,23 @@ def _holder(connection: Connection, organization_id: str, user_id: str, own_id: 
 
 HOLDER_PAIRS_PER_QUERY: Final = 500
 
+_HOLDERS_POSTGRESQL = text(
+    "SELECT organization_id, user_id, id, created_at FROM organization_memberships "
+    "JOIN unnest(CAST(:organization_ids AS text[]), CAST(:user_ids AS text[])) "
+    "AS wanted(organization_id, user_id) USING (organization_id, user_id)"
+)
+"""PostgreSQL: the same statement text for every batch (parsed and planned once)."""
+_HOLDERS = select(
+    organization_memberships.c.organization_id,
+    organization_memberships.c.user_id,
+    organization_memberships.c.id,
+    organization_memberships.c.created_at,
+).where(
+    tuple_(organization_memberships.c.organization_id, organization_memberships.c.user_id).in_(
+        bindparam("p_wanted", expanding=True)
+    )
+)
+
 
 @contextmanager
 def knowing_holders(connection: Connection, pairs: Iterable[tuple[str, str]]) -> Iterator[None]:
@@ -156,15 +173,18 @@ def knowing_holders(connection: Connection, pairs: Iterable[tuple[str, str]]) ->
     lookups of the mutations in this block (``models.known``); call it holding their locks."""
     wanted = sorted({pair for pair in pairs if "\x00" not in pair[0] + pair[1]})
     known: dict[tuple[str, str], list[Holder]] = {pair: [] for pair in wanted}
-    columns = organization_memberships.c
     for start in range(0, len(wanted), HOLDER_PAIRS_PER_QUERY):
-        rows = connection.execute(
-            select(columns.organization_id, columns.user_id, columns.id, columns.created_at).where(
-                tuple_(columns.organization_id, columns.user_id).in_(
-                    wanted[start : start + HOLDER_PAIRS_PER_QUERY]
-                )
+        chunk = wanted[start : start + HOLDER_PAIRS_PER_QUERY]
+        if connection.dialect.name == "postgresql":
+            rows = connection.execute(
+                _HOLDERS_POSTGRESQL,
+                {
+                    "organization_ids": [organization for organization, _ in chunk],
+                    "user_ids": [user for _, user in chunk],
+                },
             )
-        )
+        else:
+            rows = connection.execute(_HOLDERS, {"p_wanted": chunk})
         for row in rows:
             known[(row.organization_id, row.user_id)].append(Holder(row.id, row.created_at))
     with remembering(connection, HOLDERS, known):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import Connection, and_, bindparam, or_, select
+from sqlalchemy import Connection, and_, bindparam, or_, select, text, tuple_
 
 from models.database import (
     bind_parameters,
@@ -107,6 +107,17 @@ def find_two_tombstones(
 
 TOMBSTONES_PER_QUERY: Final = 500
 
+_KNOWN_POSTGRESQL = text(
+    "SELECT tombstones.* FROM tombstones JOIN unnest(CAST(:types AS text[]), "
+    "CAST(:ids AS text[])) AS wanted(entity_type, entity_id) USING (entity_type, entity_id)"
+)
+"""PostgreSQL: the same statement text for every batch (parsed and planned once)."""
+_KNOWN = select(tombstones).where(
+    tuple_(tombstones.c.entity_type, tombstones.c.entity_id).in_(
+        bindparam("p_wanted", expanding=True)
+    )
+)
+
 
 @contextmanager
 def knowing_tombstones(
@@ -117,19 +128,14 @@ def knowing_tombstones(
     wanted = sorted({entity for entity in entities if "\x00" not in entity[1]})
     known: dict[tuple[str, str], Tombstone | None] = dict.fromkeys(wanted)
     for start in range(0, len(wanted), TOMBSTONES_PER_QUERY):
-        by_type: dict[str, list[str]] = {}
-        for entity_type, entity_id in wanted[start : start + TOMBSTONES_PER_QUERY]:
-            by_type.setdefault(entity_type, []).append(entity_id)
-        rows = connection.execute(
-            select(tombstones).where(
-                or_(
-                    *(
-                        and_(tombstones.c.entity_type == kind, tombstones.c.entity_id.in_(ids))
-                        for kind, ids in by_type.items()
-                    )
-                )
+        chunk = wanted[start : start + TOMBSTONES_PER_QUERY]
+        if connection.dialect.name == "postgresql":
+            rows = connection.execute(
+                _KNOWN_POSTGRESQL,
+                {"types": [kind for kind, _ in chunk], "ids": [entity for _, entity in chunk]},
             )
-        )
+        else:
+            rows = connection.execute(_KNOWN, {"p_wanted": chunk})
         for row in rows:
             known[(row.entity_type, row.entity_id)] = _tombstone(row)
     with remembering(connection, TOMBSTONES, known):

@@ -5,18 +5,19 @@ On a Redis broker with the prefork (or solo) pool the worker does not run one ta
 the task's *strategy* (the code Celery's main process runs for each message it receives) keeps
 the messages in a buffer and hands them to a pool process as one batch
 
-- at once when no batch is being applied (so at low traffic an event waits for nothing),
-- while one is, when a pool process is idle and a quarter of ``batch_size`` is buffered,
+- at once while a pool process is idle (so at low traffic an event waits for nothing),
 - when ``batch_size`` messages are buffered,
 - or ``batch_flush_interval`` after the first buffered message, whichever comes first
   (``Batcher.flush``).
 
-The pool process applies the batch with ``process_batch``: one transaction, a savepoint per
-event (``workers.processing.apply_batch``), retried as a whole on transient errors; if it keeps
+The pool process applies the batch with ``process_batch``: one transaction
+(``workers.processing.apply_batch``), retried as a whole on transient errors; if it keeps
 failing, event by event, and an event that still fails is published again with a backoff (a
-Celery retry) or dead-lettered. Each message is acknowledged by the main process only after the
-pool process returned, that is after its event's outcome was committed (late acknowledgement);
-if the pool process dies, the batch's messages are re-queued (``task_reject_on_worker_lost``).
+Celery retry) or dead-lettered. Events whose locks another batch holds are deferred: they come
+back to the buffer for a later batch, and after ``MAX_DEFERRALS`` their batch waits for them.
+Each message is acknowledged by the main process only after the pool process returned, that is
+after its event's outcome was committed (late acknowledgement); if the pool process dies, the
+batch's messages are re-queued (``task_reject_on_worker_lost``).
 """
 
 from __future__ import annotations
@@ -376,7 +377,6 @@ class Batcher:
             symbol_by_name(task.Request), task, consumer.pool, self.hostname, self.eventer, app=app
         )
         self.batch_size = task.batch_size
-        self.parallel_batch_size = max(1, task.batch_size // 4)
         self.flush_interval = task.batch_flush_interval
         self.buffer: list[Any] = []
         self.deferred: dict[str, int] = {}
@@ -458,15 +458,13 @@ class Batcher:
     def flush(self, *, idle_only: bool) -> None:
         """Hand buffered messages to the pool:
 
+        - at once while a pool process is idle (so an event waits for nothing but a busy pool);
         - full batches, always;
-        - everything at once when no batch is being applied (at low traffic an event waits for
-          nothing);
-        - a quarter batch or more while another batch is being applied and a pool process is
-          idle (under load every process works, on batches big enough to be cheap per event);
         - everything once the flush interval has passed (``idle_only`` False).
 
-        Otherwise the next batch grows in the buffer while the current one is applied: larger
-        batches are what make both the database work and this process's share of it cheap.
+        Otherwise, while every pool process applies a batch, the next batches grow in the buffer:
+        batches stay small when traffic is light and fill up under load, which is what makes
+        both the database work and this process's share of it cheap.
         """
         if self.flushing or self.retired:
             return
@@ -475,11 +473,7 @@ class Batcher:
             while self.buffer and (
                 len(self.buffer) >= self.batch_size
                 or not idle_only
-                or self.in_flight == 0
-                or (
-                    self.in_flight < self._processes()
-                    and len(self.buffer) >= self.parallel_batch_size
-                )
+                or self.in_flight < self._processes()
             ):
                 batch = self.buffer[: self.batch_size]
                 del self.buffer[: self.batch_size]
