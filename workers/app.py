@@ -196,7 +196,7 @@ def create_celery_app(settings: Settings) -> Celery:
     def purge_old_events() -> int:
         return purge(runtime)
 
-    @app.task(name=RECONCILE_TASK, ignore_result=True, acks_late=False)
+    @app.task(name=RECONCILE_TASK, ignore_result=True, acks_late=False, shared=False)
     def reconcile_with_clerk() -> dict[str, Any] | None:
         """Opt-in (``CLERK_SYNC_RECONCILE_INTERVAL_MINUTES``). Acknowledged on receipt: a run
         outlasts the visibility timeout, and Redis must not hand it to a second worker."""
