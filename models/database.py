@@ -150,16 +150,16 @@ def holding_locks(
     if connection.dialect.name != "postgresql":
         yield set()
         return
+    kinds = [sorted(lock_keys(organization_ids, ())), sorted(lock_keys((), user_ids))]
     held: set[str] = set()
     busy: set[str] = set()
     if wait:
-        for prefix, ids in (("organization", organization_ids), ("user", user_ids)):
-            keys = sorted({f"{prefix}:{value}" for value in ids if "\x00" not in value})
+        for keys in kinds:
             if keys:
                 connection.execute(LOCK_MANY, {"keys": keys})
                 held.update(keys)
     else:
-        keys = sorted(lock_keys(organization_ids, user_ids))
+        keys = kinds[0] + kinds[1]
         if keys:
             busy = set(connection.execute(TRY_LOCK_MANY, {"keys": keys}).scalars())
             held = set(keys) - busy

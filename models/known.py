@@ -14,11 +14,11 @@ nothing is remembered and every lookup queries, as before.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Row, Select, TextClause
 
 TOMBSTONES: Final = "clerk_sync.known_tombstones"
 """(entity_type, entity_id) → the tombstone, or None for "none"."""
@@ -28,6 +28,27 @@ ORGANIZATION_VERSIONS: Final = "clerk_sync.known_organization_versions"
 """organization id → an ``updated_at`` the row is known to hold at least (written, or found
 newer, by an earlier mutation of the batch): a snapshot no newer need not be written again."""
 NAMES: Final = (TOMBSTONES, HOLDERS, ORGANIZATION_VERSIONS)
+
+
+PAIRS_PER_QUERY: Final = 500
+
+
+def rows_for_pairs(
+    connection: Connection,
+    pairs: Sequence[tuple[str, str]],
+    postgresql: TextClause,
+    portable: Select[Any],
+) -> Iterator[Row[Any]]:
+    """The rows of many two-part keys, a few hundred per query: on PostgreSQL ``postgresql``,
+    which joins ``unnest(:firsts, :seconds)`` (the same statement text for every batch, parsed
+    and planned once), elsewhere ``portable``, a tuple ``IN`` over the expanding ``:p_wanted``."""
+    for start in range(0, len(pairs), PAIRS_PER_QUERY):
+        chunk = pairs[start : start + PAIRS_PER_QUERY]
+        if connection.dialect.name == "postgresql":
+            parameters = {"firsts": [a for a, _ in chunk], "seconds": [b for _, b in chunk]}
+            yield from connection.execute(postgresql, parameters)
+        else:
+            yield from connection.execute(portable, {"p_wanted": list(chunk)})
 
 
 @contextmanager

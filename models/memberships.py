@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, delete, or_, select, text, tuple_
 
@@ -22,7 +22,15 @@ from models.database import (
     lock_organization,
     lock_user,
 )
-from models.known import HOLDERS, MISSING, forget, forget_matching, recall, remembering
+from models.known import (
+    HOLDERS,
+    MISSING,
+    forget,
+    forget_matching,
+    recall,
+    remembering,
+    rows_for_pairs,
+)
 from models.organizations import OrganizationSnapshot, write_organization
 from models.tables import organization_memberships
 from models.tombstones import (
@@ -147,14 +155,11 @@ def _holder(connection: Connection, organization_id: str, user_id: str, own_id: 
     ).one_or_none()
 
 
-HOLDER_PAIRS_PER_QUERY: Final = 500
-
 _HOLDERS_POSTGRESQL = text(
     "SELECT organization_id, user_id, id, created_at FROM organization_memberships "
-    "JOIN unnest(CAST(:organization_ids AS text[]), CAST(:user_ids AS text[])) "
+    "JOIN unnest(CAST(:firsts AS text[]), CAST(:seconds AS text[])) "
     "AS wanted(organization_id, user_id) USING (organization_id, user_id)"
 )
-"""PostgreSQL: the same statement text for every batch (parsed and planned once)."""
 _HOLDERS = select(
     organization_memberships.c.organization_id,
     organization_memberships.c.user_id,
@@ -173,20 +178,8 @@ def knowing_holders(connection: Connection, pairs: Iterable[tuple[str, str]]) ->
     lookups of the mutations in this block (``models.known``); call it holding their locks."""
     wanted = sorted({pair for pair in pairs if "\x00" not in pair[0] + pair[1]})
     known: dict[tuple[str, str], list[Holder]] = {pair: [] for pair in wanted}
-    for start in range(0, len(wanted), HOLDER_PAIRS_PER_QUERY):
-        chunk = wanted[start : start + HOLDER_PAIRS_PER_QUERY]
-        if connection.dialect.name == "postgresql":
-            rows = connection.execute(
-                _HOLDERS_POSTGRESQL,
-                {
-                    "organization_ids": [organization for organization, _ in chunk],
-                    "user_ids": [user for _, user in chunk],
-                },
-            )
-        else:
-            rows = connection.execute(_HOLDERS, {"p_wanted": chunk})
-        for row in rows:
-            known[(row.organization_id, row.user_id)].append(Holder(row.id, row.created_at))
+    for row in rows_for_pairs(connection, wanted, _HOLDERS_POSTGRESQL, _HOLDERS):
+        known[(row.organization_id, row.user_id)].append(Holder(row.id, row.created_at))
     with remembering(connection, HOLDERS, known):
         yield
 

@@ -18,7 +18,7 @@ from models.database import (
     insert_for,
     least,
 )
-from models.known import MISSING, TOMBSTONES, forget, recall, remembering
+from models.known import MISSING, TOMBSTONES, forget, recall, remembering, rows_for_pairs
 from models.tables import tombstones
 
 ORGANIZATION: Final = "organization"
@@ -105,13 +105,10 @@ def find_two_tombstones(
     return found.get(first), found.get(second)
 
 
-TOMBSTONES_PER_QUERY: Final = 500
-
 _KNOWN_POSTGRESQL = text(
-    "SELECT tombstones.* FROM tombstones JOIN unnest(CAST(:types AS text[]), "
-    "CAST(:ids AS text[])) AS wanted(entity_type, entity_id) USING (entity_type, entity_id)"
+    "SELECT tombstones.* FROM tombstones JOIN unnest(CAST(:firsts AS text[]), "
+    "CAST(:seconds AS text[])) AS wanted(entity_type, entity_id) USING (entity_type, entity_id)"
 )
-"""PostgreSQL: the same statement text for every batch (parsed and planned once)."""
 _KNOWN = select(tombstones).where(
     tuple_(tombstones.c.entity_type, tombstones.c.entity_id).in_(
         bindparam("p_wanted", expanding=True)
@@ -127,17 +124,8 @@ def knowing_tombstones(
     the mutations in this block (``models.known``); call it holding their locks."""
     wanted = sorted({entity for entity in entities if "\x00" not in entity[1]})
     known: dict[tuple[str, str], Tombstone | None] = dict.fromkeys(wanted)
-    for start in range(0, len(wanted), TOMBSTONES_PER_QUERY):
-        chunk = wanted[start : start + TOMBSTONES_PER_QUERY]
-        if connection.dialect.name == "postgresql":
-            rows = connection.execute(
-                _KNOWN_POSTGRESQL,
-                {"types": [kind for kind, _ in chunk], "ids": [entity for _, entity in chunk]},
-            )
-        else:
-            rows = connection.execute(_KNOWN, {"p_wanted": chunk})
-        for row in rows:
-            known[(row.entity_type, row.entity_id)] = _tombstone(row)
+    for row in rows_for_pairs(connection, wanted, _KNOWN_POSTGRESQL, _KNOWN):
+        known[(row.entity_type, row.entity_id)] = _tombstone(row)
     with remembering(connection, TOMBSTONES, known):
         yield
 
