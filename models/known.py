@@ -4,12 +4,12 @@ A batch holds the locks of every organization and user it touches before it read
 (``models.database.holding_locks``), and every writer of tombstones and memberships takes those
 same locks: what the batch reads after taking them cannot change under it, except by its own
 writes. So the batch reads the tombstones and membership holders its events will look up in one
-query each, and the mutations consult that copy. A mutation that writes such rows forgets the
-copy's entries it may have changed (a key, or the whole copy), and the next lookup of those goes
-to the database again: the copy is never newer or older than what the transaction would read,
-even when a savepoint rolls a write back. What a write establishes (an organization's version)
-is noted, and forgotten, with everything else, when a savepoint rolls back. Outside a batch
-nothing is remembered and every lookup queries, as before.
+query each, and the mutations consult that copy. A mutation that writes such rows either notes
+what its statement returned (a tombstone, an organization's version) or forgets the copy's
+entries it may have changed (a key, or every key that matches), and the next lookup of those
+goes to the database again: the copy is never newer or older than what the transaction would
+read. When a savepoint rolls a write back, the whole copy is forgotten. Outside a batch nothing
+is remembered and every lookup queries, as before.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ TOMBSTONES: Final = "clerk_sync.known_tombstones"
 HOLDERS: Final = "clerk_sync.known_holders"
 """(organization_id, user_id) → the memberships holding that pair, as (id, created_at)."""
 ORGANIZATION_VERSIONS: Final = "clerk_sync.known_organization_versions"
-"""organization id → an ``updated_at`` the row is known to hold at least (written, or found
-newer, by an earlier mutation of the batch): a snapshot no newer need not be written again."""
+"""organization id → an ``updated_at`` the row is known to hold at least (read up front, or
+written by an earlier mutation of the batch): a snapshot no newer need not be written again."""
 NAMES: Final = (TOMBSTONES, HOLDERS, ORGANIZATION_VERSIONS)
 
 

@@ -248,7 +248,14 @@ def remove_membership(
             reason=DELETED,
         ),
     )
-    forget_matching(connection, HOLDERS, lambda pair, _: pair[0] == organization_id)
+    # Only the pairs this membership id holds can change.
+    forget_matching(
+        connection,
+        HOLDERS,
+        lambda pair, holders: (
+            pair[0] == organization_id and any(holder.id == membership_id for holder in holders)
+        ),
+    )
     connection.execute(
         delete(organization_memberships).where(
             organization_memberships.c.id == membership_id,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
-from sqlalchemy import Connection, delete
+from sqlalchemy import Connection, bindparam, delete, select, text
 
 from models.database import (
     bind_parameters,
@@ -23,6 +25,7 @@ from models.known import (
     forget_matching,
     note,
     recall,
+    remembering,
 )
 from models.tables import organization_memberships, organizations
 from models.tombstones import DELETED, ORGANIZATION, Tombstone, bury, find_tombstone
@@ -61,8 +64,8 @@ def write_organization(connection: Connection, snapshot: OrganizationSnapshot) -
     version. Returns whether a row was written."""
     known = recall(connection, ORGANIZATION_VERSIONS, snapshot.id)
     if known is not MISSING and snapshot.updated_at <= known:
-        # Nested in every membership event: the batch wrote this version (or a newer one
-        # was there) already, and the statement would change nothing.
+        # Nested in every membership event: the row holds this version (or a newer one)
+        # already, and the statement would change nothing.
         return False
     values = {
         "id": snapshot.id,
@@ -81,6 +84,36 @@ def write_organization(connection: Connection, snapshot: OrganizationSnapshot) -
     written = connection.execute(statement, bound(values)).first() is not None
     note(connection, ORGANIZATION_VERSIONS, snapshot.id, snapshot.updated_at)
     return written
+
+
+_VERSIONS_POSTGRESQL = text(
+    "SELECT id, updated_at FROM organizations WHERE id = ANY(CAST(:ids AS text[]))"
+)
+_VERSIONS = select(organizations.c.id, organizations.c.updated_at).where(
+    organizations.c.id.in_(bindparam("p_ids", expanding=True))
+)
+IDS_PER_QUERY: Final = 500
+
+
+@contextmanager
+def knowing_organization_versions(
+    connection: Connection, organization_ids: Iterable[str]
+) -> Iterator[None]:
+    """Read the stored versions of these organizations at once, for ``write_organization`` in
+    this block (``models.known``); call it holding their locks. Every membership event carries
+    a snapshot of its organization, almost always the version already stored: the batch then
+    skips the write instead of running an upsert that changes nothing."""
+    wanted = sorted({value for value in organization_ids if "\x00" not in value})
+    known: dict[str, int] = {}
+    for start in range(0, len(wanted), IDS_PER_QUERY):
+        chunk = wanted[start : start + IDS_PER_QUERY]
+        if connection.dialect.name == "postgresql":
+            rows = connection.execute(_VERSIONS_POSTGRESQL, {"ids": chunk})
+        else:
+            rows = connection.execute(_VERSIONS, {"p_ids": chunk})
+        known.update((row.id, row.updated_at) for row in rows)
+    with remembering(connection, ORGANIZATION_VERSIONS, known):
+        yield
 
 
 COLUMNS = tuple(column.name for column in organizations.columns)

@@ -18,7 +18,7 @@ from models.database import (
     insert_for,
     least,
 )
-from models.known import MISSING, TOMBSTONES, forget, recall, remembering, rows_for_pairs
+from models.known import MISSING, TOMBSTONES, note, recall, remembering, rows_for_pairs
 from models.tables import tombstones
 
 ORGANIZATION: Final = "organization"
@@ -146,8 +146,10 @@ def bury(connection: Connection, tombstone: Tombstone) -> None:
         "reason": tombstone.reason,
         "synced_at": datetime.now(UTC),
     }
-    connection.execute(cached_statement(connection, "bury", _bury_statement), bound(values))
-    forget(connection, TOMBSTONES, (tombstone.entity_type, tombstone.entity_id))
+    statement = cached_statement(connection, "bury", _bury_statement)
+    buried = connection.execute(statement, bound(values)).one()
+    # The batch's later lookups of this entity read what the statement left, not the database.
+    note(connection, TOMBSTONES, (tombstone.entity_type, tombstone.entity_id), _tombstone(buried))
 
 
 def _bury_statement(connection: Connection) -> Any:
@@ -155,7 +157,7 @@ def _bury_statement(connection: Connection) -> Any:
         bind_parameters(tombstones, [column.name for column in tombstones.columns])
     )
     excluded = statement.excluded
-    return statement.on_conflict_do_update(
+    statement = statement.on_conflict_do_update(
         index_elements=[tombstones.c.entity_type, tombstones.c.entity_id],
         set_={
             "created_at": greatest(connection, tombstones.c.created_at, excluded.created_at),
@@ -165,3 +167,4 @@ def _bury_statement(connection: Connection) -> Any:
             "synced_at": excluded.synced_at,
         },
     )
+    return statement.returning(*tombstones.columns)

@@ -29,8 +29,9 @@ from models.events import (
     finish_events,
     note_failed_attempt,
 )
-from models.known import ORGANIZATION_VERSIONS, forget_everything, remembering
+from models.known import forget_everything
 from models.memberships import knowing_holders
+from models.organizations import knowing_organization_versions
 from models.tombstones import knowing_tombstones
 from workers.handlers import HANDLERS, Targets
 from workers.handlers.payloads import PoisonEventError, read_envelope, to_milliseconds
@@ -230,10 +231,10 @@ def prepared(
 ) -> Iterator[list[bool]]:
     """Take, up front, the locks every one of these payloads' mutations takes, in one global
     order (so concurrent batches wait for each other instead of deadlocking), then read the
-    tombstones and membership holders they look up, in one query each, and remember the
-    organization versions they write (``models.known``). Yields, per payload, whether its
-    locks are held: always when waiting; without ``wait``, only the free locks are taken and
-    the payloads needing a lock another transaction holds must be left alone."""
+    tombstones, membership holders and organization versions they look up, in one query each
+    (``models.known``). Yields, per payload, whether its locks are held: always when waiting;
+    without ``wait``, only the free locks are taken and the payloads needing a lock another
+    transaction holds must be left alone."""
     targets = [Targets.of(_parsed(payload)) for payload in payloads]
     everything = Targets()
     for payload_targets in targets:
@@ -247,7 +248,7 @@ def prepared(
         with (
             knowing_tombstones(connection, runnable.tombstones),
             knowing_holders(connection, runnable.holders),
-            remembering(connection, ORGANIZATION_VERSIONS, {}),
+            knowing_organization_versions(connection, runnable.organizations),
         ):
             yield ready
 
