@@ -30,6 +30,7 @@ from models.events import APPLIED, DEAD, FINISHED, event_status
 from workers.batches import (
     BatchingTask,
     batching_options,
+    pool_optimization,
     prefetch_multiplier,
     register_runtime,
 )
@@ -135,6 +136,12 @@ def create_celery_app(settings: Settings) -> Celery:
                     "metrics server not started",
                     extra={"port": settings.worker_metrics_port, "error": str(error)},
                 )
+
+    @signals.worker_init.connect(weak=False, dispatch_uid="clerk_sync.pool_optimization")
+    def schedule_pool(sender: Any = None, **_: Any) -> None:
+        """Before the pool is built: how it hands tasks to its processes (``pool_optimization``)."""
+        if sender is not None:
+            sender.optimization = pool_optimization(settings, sender.optimization)
 
     @signals.worker_process_init.connect(weak=False, dispatch_uid="clerk_sync.warm_up")
     def warm_up(**_: Any) -> None:

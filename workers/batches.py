@@ -712,9 +712,14 @@ def acknowledge_all(requests: Sequence[Any]) -> None:
         request.acknowledged = True
 
 
+def batching(settings: Any) -> bool:
+    """Whether a worker with these settings applies batches (a Redis broker, ``batch_size`` > 1)."""
+    return bool(settings.batch_size > 1 and settings.uses_redis_broker)
+
+
 def batching_options(settings: Any, runtime_key: str) -> dict[str, Any]:
     """Task options of ``clerk_sync.apply_event`` for these settings."""
-    size = settings.batch_size if settings.uses_redis_broker else 1
+    size = settings.batch_size if batching(settings) else 1
     return {
         "batch_size": size,
         "batch_flush_interval": settings.batch_flush_interval_seconds,
@@ -727,6 +732,22 @@ def prefetch_multiplier(settings: Any) -> int:
     time per process without batching; with it, room for two full batches per pool process
     (one being applied while the next fills), and no more: every reserved message counts
     against the visibility timeout, and the limit bounds a worker's memory on any backlog."""
-    if settings.batch_size <= 1 or not settings.uses_redis_broker:
+    if not batching(settings):
         return 1
     return int(2 * settings.batch_size)
+
+
+def pool_optimization(settings: Any, requested: str | None) -> str | None:
+    """The prefork pool's scheduling (Celery's ``-O``) for a worker with these settings.
+
+    Celery's default, "fair", writes a task to a pool process only once that process is idle,
+    and it finds out only after it has read the previous result and run its callback; for a
+    batch that callback acknowledges and settles a hundred messages, and the process waits
+    meanwhile (a fifth of its time, measured). With batches the worker asks for "fcfs": the
+    next batch is written to a process while it still applies the previous one, and it starts
+    on it at once. The cost of "fcfs", a task waiting behind a long one while another process
+    is idle, is small when every task is a batch of the same size. ``-O fair`` keeps Celery's
+    behaviour."""
+    if batching(settings) and requested in (None, "default"):
+        return "fcfs"
+    return requested
