@@ -648,21 +648,24 @@ def rebuild(
     per page, retried on transient errors). Returns how many were re-applied, and the events
     that failed with why."""
     from models.inbox import applied_events_after, empty_synced_tables
-    from workers.processing import apply_payload, prepared
+    from workers.processing import apply_payload, parse_payload, prepared
 
     @_retry_transient
     def page(after: tuple[datetime, str] | None) -> tuple[list[StoredEvent], list[tuple[str, str]]]:
         failed: list[tuple[str, str]] = []
         with transaction(engine) as connection:
             found = applied_events_after(connection, after, batch_size)
-            payloads = [event.payload for event in found if event.payload is not None]
+            documents = [parse_payload(event.payload or "") for event in found]
             # The page's locks up front, in the workers' global order: a page applied while
             # workers apply batches waits for them instead of deadlocking with them.
-            with prepared(connection, payloads):
-                for event in found:
+            with prepared(connection, documents):
+                for event, document in zip(found, documents, strict=True):
                     assert event.payload is not None
                     outcome, error = apply_payload(
-                        connection, event.payload, settings.workspace_metadata_key
+                        connection,
+                        event.payload,
+                        settings.workspace_metadata_key,
+                        document=document,
                     )
                     if outcome not in (APPLIED, SKIPPED):
                         failed.append((event.svix_id, error or outcome))

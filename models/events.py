@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -31,6 +31,9 @@ class IncomingEvent:
     event_timestamp: int | None
     organization_id: str | None = None
     """The organization the event concerns, when the payload names one."""
+    document: Any = field(default=None, compare=False, repr=False)
+    """The payload, parsed, if whoever described the event parsed it already (None otherwise):
+    a worker reads each payload once, not once per step."""
 
 
 def claim_event(connection: Connection, event: IncomingEvent) -> str:

@@ -66,6 +66,7 @@ def describe_event(svix_id: str, payload: str, received_at_ms: int) -> IncomingE
         event_type=event_type,
         event_timestamp=event_timestamp,
         organization_id=organization_id,
+        document=document,
     )
 
 
@@ -126,7 +127,9 @@ def apply_event(engine: Engine, event: IncomingEvent, workspace_key: str) -> str
         if status in FINISHED:
             log.info("duplicate ignored", extra={**_context(event), "status": status})
             return status
-        outcome, error = apply_payload(connection, event.payload, workspace_key)
+        outcome, error = apply_payload(
+            connection, event.payload, workspace_key, document=event.document
+        )
         finish_event(connection, event.svix_id, outcome, attempts=1, error=error)
     log.info("event processed", extra={**_context(event), "status": outcome})
     return outcome
@@ -194,8 +197,9 @@ def _apply_batch(
             else:
                 pending.append(event)
         outcomes = []
-        with prepared(connection, [event.payload for event in pending], wait=wait) as ready:
-            for event, is_ready in zip(pending, ready, strict=True):
+        documents = [parsed(event) for event in pending]
+        with prepared(connection, documents, wait=wait) as ready:
+            for event, document, is_ready in zip(pending, documents, ready, strict=True):
                 if not is_ready:
                     results[event.svix_id] = BatchResult(DEFERRED, duplicate=False)
                     continue
@@ -203,7 +207,11 @@ def _apply_batch(
                     svix_id=event.svix_id, event_type=event.event_type
                 ):
                     status, error = apply_payload(
-                        connection, event.payload, workspace_key, isolated=isolated
+                        connection,
+                        event.payload,
+                        workspace_key,
+                        isolated=isolated,
+                        document=document,
                     )
                 outcomes.append(Outcome(event.svix_id, status, error))
                 results[event.svix_id] = BatchResult(status, duplicate=False)
@@ -227,15 +235,15 @@ apply_batch_with_short_retries = retry(
 
 @contextmanager
 def prepared(
-    connection: Connection, payloads: Sequence[str], *, wait: bool = True
+    connection: Connection, documents: Sequence[Any], *, wait: bool = True
 ) -> Iterator[list[bool]]:
     """Take, up front, the locks every one of these payloads' mutations takes, in one global
     order (so concurrent batches wait for each other instead of deadlocking), then read the
     tombstones, membership holders and organization versions they look up, in one query each
     (``models.known``). Yields, per payload, whether its locks are held: always when waiting;
     without ``wait``, only the free locks are taken and the payloads needing a lock another
-    transaction holds must be left alone."""
-    targets = [Targets.of(_parsed(payload)) for payload in payloads]
+    transaction holds must be left alone. ``documents`` are the parsed payloads (``parsed``)."""
+    targets = [Targets.of(document) for document in documents]
     everything = Targets()
     for payload_targets in targets:
         everything.merge(payload_targets)
@@ -253,7 +261,13 @@ def prepared(
             yield ready
 
 
-def _parsed(payload: str) -> Any:
+def parsed(event: IncomingEvent) -> Any:
+    """The event's payload as ``describe_event`` parsed it, or None if it is not JSON."""
+    return parse_payload(event.payload) if event.document is None else event.document
+
+
+def parse_payload(payload: str) -> Any:
+    """The payload parsed, or None if it is not JSON (``apply_payload`` then says why)."""
     try:
         return json.loads(payload)
     except (ValueError, RecursionError):
@@ -266,7 +280,12 @@ class IsolationNeededError(Exception):
 
 
 def apply_payload(
-    connection: Connection, payload: str, workspace_key: str, *, isolated: bool = True
+    connection: Connection,
+    payload: str,
+    workspace_key: str,
+    *,
+    isolated: bool = True,
+    document: Any = None,
 ) -> tuple[str, str | None]:
     """Run the event's handler in a savepoint; returns the outcome and, unless applied, why.
 
@@ -275,10 +294,11 @@ def apply_payload(
     ``isolated`` there is no savepoint, and an event that cannot be applied raises
     ``IsolationNeededError`` instead of being reported dead. When the savepoint rolls back,
     the batch forgets what it had read or noted (``models.known``): some of it may be undone.
+    ``document`` is the payload parsed already, if the caller has it.
     """
     try:
         with connection.begin_nested() if isolated else nullcontext():
-            envelope = read_envelope(json.loads(payload))
+            envelope = read_envelope(json.loads(payload) if document is None else document)
             handler = HANDLERS.get(envelope.type)
             if handler is None:
                 return SKIPPED, f"no handler for event type {envelope.type!r}"
