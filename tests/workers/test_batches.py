@@ -7,6 +7,7 @@ buffers the queued messages and hands them over in batches.
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -508,6 +509,12 @@ def test_a_worker_with_two_processes_applies_a_shuffled_2000_event_history(
     # One task per event would have Celery log each one's result; the batches log none.
     assert "succeeded in" not in log
     assert "Traceback" not in log
+    # Each batch logs one line naming its events by outcome: every event is applied in one.
+    batch_lines = [
+        json.loads(line) for line in log.splitlines() if '"event": "batch processed"' in line
+    ]
+    applied = [svix_id for line in batch_lines for svix_id in line["svix_ids"].get("applied", [])]
+    assert sorted(applied) == sorted(delivery.svix_id for delivery in history.events)
     with pg_engine.connect() as connection:
         attempts = set(connection.execute(select(webhook_events.c.attempts)).scalars())
     assert attempts == {1}
