@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import traceback
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -217,7 +218,9 @@ def _log_batch(events: Sequence[IncomingEvent], results: dict[str, BatchResult])
     was not applied (dead, or skipped as of an unknown type): a line per applied event cost
     the worker about a tenth of its CPU at full speed (it is there at ``DEBUG``)."""
     by_outcome: dict[str, list[str]] = {}
+    event_types: Counter[str] = Counter()
     for event in events:
+        event_types[event.event_type or "unknown"] += 1
         result = results[event.svix_id]
         outcome = "duplicate" if result.duplicate else result.status
         by_outcome.setdefault(outcome, []).append(event.svix_id)
@@ -232,6 +235,7 @@ def _log_batch(events: Sequence[IncomingEvent], results: dict[str, BatchResult])
         extra={
             "events": len(events),
             "outcomes": {outcome: len(ids) for outcome, ids in by_outcome.items()},
+            "event_types": dict(event_types),
             "svix_ids": by_outcome,
         },
     )
