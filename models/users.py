@@ -3,9 +3,11 @@ memberships in every organization."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import Connection, delete
 
@@ -31,10 +33,15 @@ class UserSnapshot:
     updated_at: int
 
 
+PENDING_USERS: Final = "clerk_sync.pending_users"
+"""``Connection.info`` key: user id → the newest values a block of ``writing_users_together``
+has yet to write."""
+
+
 def upsert_user(connection: Connection, snapshot: UserSnapshot) -> bool:
     """Create the user or move it to a newer version; ignore stale or deleted ones.
 
-    Returns whether a row was written.
+    Returns whether a row was written, or, inside ``writing_users_together``, queued to be.
     """
     lock_user(connection, snapshot.id)
     if find_tombstone(connection, USER, snapshot.id) is not None:
@@ -52,23 +59,55 @@ def upsert_user(connection: Connection, snapshot: UserSnapshot) -> bool:
         "updated_at": snapshot.updated_at,
         "synced_at": datetime.now(UTC),
     }
+    pending = connection.info.get(PENDING_USERS)
+    if pending is not None:
+        queued = pending.get(snapshot.id)
+        # As one write after another would: a version no newer than the queued one loses.
+        if queued is not None and queued["updated_at"] >= snapshot.updated_at:
+            return False
+        pending[snapshot.id] = values
+        return True
     statement = cached_statement(connection, "upsert_user", _upsert_statement)
     return connection.execute(statement, bound(values)).first() is not None
+
+
+@contextmanager
+def writing_users_together(connection: Connection) -> Iterator[None]:
+    """Let the user upserts in this block queue their rows, and write them when it ends, in
+    one statement (SQLAlchemy sends it as a multi-row ``INSERT … ON CONFLICT``): a batch's user
+    events cost one statement instead of one each. Nothing else in a batch reads the users
+    table, and a user deleted in the block drops its queued row, so the tables end up as if
+    each upsert had been written at once. Nothing is written if the block raises; a failing
+    write raises here, and the caller must roll the transaction back."""
+    pending: dict[str, dict[str, Any]] = {}
+    connection.info[PENDING_USERS] = pending
+    try:
+        yield
+    finally:
+        # ``info`` belongs to the pooled DBAPI connection and outlives the transaction.
+        connection.info.pop(PENDING_USERS, None)
+    if pending:
+        statement = cached_statement(connection, "upsert_users", _upsert_many_statement)
+        connection.execute(statement, [bound(values) for values in pending.values()])
 
 
 COLUMNS = tuple(column.name for column in users.columns)
 
 
-def _upsert_statement(connection: Connection) -> Any:
+def _upsert_many_statement(connection: Connection) -> Any:
     """Insert, or overwrite a row holding an older version (``updated_at``)."""
     statement = insert_for(connection, users).values(bind_parameters(users, COLUMNS))
-    statement = statement.on_conflict_do_update(
+    return statement.on_conflict_do_update(
         index_elements=[users.c.id],
         set_={name: statement.excluded[name] for name in COLUMNS if name != "id"},
         where=users.c.updated_at < statement.excluded.updated_at,
     )
+
+
+def _upsert_statement(connection: Connection) -> Any:
+    """``_upsert_many_statement`` for one row, saying whether it was written."""
     # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT DO UPDATE.
-    return statement.returning(users.c.id)
+    return _upsert_many_statement(connection).returning(users.c.id)
 
 
 def delete_user(connection: Connection, user_id: str, deleted_at: int) -> None:
@@ -76,6 +115,9 @@ def delete_user(connection: Connection, user_id: str, deleted_at: int) -> None:
     Clerk never reuses user ids. ``upsert_membership`` checks this tombstone under the same
     per-user lock, so a membership event that arrives late cannot bring a membership back."""
     lock_user(connection, user_id)
+    pending = connection.info.get(PENDING_USERS)
+    if pending is not None:
+        pending.pop(user_id, None)
     bury(
         connection,
         Tombstone(

@@ -33,6 +33,7 @@ from models.known import forget_everything
 from models.memberships import knowing_holders
 from models.organizations import knowing_organization_versions
 from models.tombstones import knowing_tombstones
+from models.users import writing_users_together
 from workers.handlers import HANDLERS, Targets
 from workers.handlers.payloads import PoisonEventError, read_envelope, to_milliseconds
 
@@ -170,11 +171,15 @@ def apply_batch(
 
     A savepoint per event would isolate a poison event, but costs two more round trips to the
     database per event, as many as the mutation itself: the batch is first applied without
-    them, and only if an event fails is it rolled back and applied again with one per event.
+    them, and with its user upserts written together at the end (``writing_users_together``).
+    Only if that fails (an event, or the users' write) is it rolled back and applied again with
+    a savepoint per event, each write on its own.
     """
     try:
         return _apply_batch(engine, events, workspace_key, isolated=False, wait=wait_for_locks)
-    except IsolationNeededError:
+    except Exception as failure:
+        if is_transient(failure):
+            raise
         return _apply_batch(engine, events, workspace_key, isolated=True, wait=wait_for_locks)
 
 
@@ -198,7 +203,10 @@ def _apply_batch(
                 pending.append(event)
         outcomes = []
         documents = [parsed(event) for event in pending]
-        with prepared(connection, documents, wait=wait) as ready:
+        with (
+            prepared(connection, documents, wait=wait) as ready,
+            nullcontext() if isolated else writing_users_together(connection),
+        ):
             for event, document, is_ready in zip(pending, documents, ready, strict=True):
                 if not is_ready:
                     results[event.svix_id] = BatchResult(DEFERRED, duplicate=False)

@@ -30,11 +30,14 @@ from models.database import lock_organization
 from models.tables import organization_memberships, organizations, webhook_events
 from tests.conftest import empty_tables, inbox_row, queue_length, wait_for
 from tests.factories import (
+    BASE_TIME_MS,
     body_of,
+    deleted_user_data,
     event,
     membership_data,
     new_svix_id,
     organization_data,
+    user_data,
 )
 from tests.models.histories import ClerkHistory, Delivery
 from tests.models.support import WORKSPACE_KEY, synced_tables
@@ -279,6 +282,51 @@ def test_a_tombstone_written_in_a_batch_answers_the_batchs_later_lookups(
     assert len(tombstone_reads) == 1, tombstone_reads
     with runtime.engine.connect() as connection:
         assert connection.scalar(select(func.count()).select_from(organization_memberships)) == 0
+
+
+def test_a_batchs_user_upserts_are_written_in_one_statement_as_if_one_by_one(
+    any_runtime: WorkerRuntime,
+) -> None:
+    """Four users, two versions each, in any order, one of them deleted between its versions
+    and one renamed twice at the same version: one statement writes the users, and the table
+    holds what writing each event at once would have left."""
+    versions = [
+        user_data(f"user_{n}", first_name=f"v{version}", updated_at=BASE_TIME_MS + version)
+        for n in range(4)
+        for version in (1, 2)
+    ]
+    tie = user_data("user_3", first_name="same version, later", updated_at=BASE_TIME_MS + 2)
+    items = [item(event("user.updated", data)) for data in versions]
+    random.Random(3).shuffle(items)
+    deletion = event("user.deleted", deleted_user_data("user_0"), timestamp=BASE_TIME_MS + 5)
+    items.insert(3, item(deletion))
+    items.append(item(event("user.updated", tie)))
+
+    with recording_statements(any_runtime.engine) as statements:
+        assert set(process_batch(any_runtime, items)) == {"applied"}
+
+    assert len(starting("INSERT INTO users", statements)) == 1
+    users = {row["id"]: row["first_name"] for row in synced_tables(any_runtime.engine)[2]}
+    assert users == {"user_1": "v2", "user_2": "v2", "user_3": "v2"}
+
+
+def test_a_failing_write_of_a_batchs_users_isolates_the_event_that_caused_it(
+    runtime: WorkerRuntime,
+) -> None:
+    """PostgreSQL refuses one user's row (its id is too long for the column) when the batch
+    writes its users together: the batch is applied again event by event, in savepoints, and
+    only that event is dead."""
+    fine = item(event("user.created", user_data("user_fine")))
+    doomed = item(event("user.created", user_data("user_" + "x" * 100)))
+    other = item(event("organization.created", organization_data("org_beside")))
+
+    assert process_batch(runtime, [fine, doomed, other]) == ["applied", "dead", "applied"]
+
+    assert [row["id"] for row in synced_tables(runtime.engine)[2]] == ["user_fine"]
+    assert org_names(runtime.engine) == {"org_beside": "Acme Test Org"}
+    row = inbox_row(runtime.engine, doomed.svix_id)
+    assert row is not None
+    assert "StringDataRightTruncation" in row["last_error"]
 
 
 def test_without_waiting_for_locks_a_batch_defers_only_the_events_whose_locks_are_taken(
