@@ -32,6 +32,7 @@ from models.known import (
     rows_for_pairs,
 )
 from models.organizations import OrganizationSnapshot, write_organization
+from models.queued import drop_queued, queue_row, write_queued
 from models.tables import organization_memberships
 from models.tombstones import (
     DELETED,
@@ -104,6 +105,7 @@ def upsert_membership(connection: Connection, snapshot: MembershipSnapshot) -> b
             return False
         _supersede(connection, organization_id, holder.id, holder.created_at, snapshot.created_at)
         forget(connection, HOLDERS, (organization_id, snapshot.user_id))
+        drop_queued(connection, organization_memberships.name, lambda row: row["id"] == holder.id)
         connection.execute(
             delete(organization_memberships).where(organization_memberships.c.id == holder.id)
         )
@@ -123,8 +125,17 @@ def upsert_membership(connection: Connection, snapshot: MembershipSnapshot) -> b
         "updated_at": snapshot.updated_at,
         "synced_at": datetime.now(UTC),
     }
-    statement = cached_statement(connection, "upsert_membership", _upsert_statement)
-    written = connection.execute(statement, bound(values)).first() is not None
+    written = queue_row(
+        connection,
+        organization_memberships.name,
+        snapshot.id,
+        (snapshot.created_at, snapshot.updated_at),
+        values,
+        ("upsert_memberships", _upsert_many_statement),
+    )
+    if written is None:
+        statement = cached_statement(connection, "upsert_membership", _upsert_statement)
+        written = connection.execute(statement, bound(values)).first() is not None
     if written:
         # The row now holds this pair, and no longer the pair it held (should it have moved).
         pair = (organization_id, snapshot.user_id)
@@ -149,6 +160,7 @@ def _holder(connection: Connection, organization_id: str, user_id: str, own_id: 
         others = [holder for holder in known if holder.id != own_id]
         if len(others) <= 1:
             return others[0] if others else None
+    write_queued(connection, organization_memberships.name)
     return connection.execute(
         _HOLDER,
         {"p_organization_id": organization_id, "p_user_id": user_id, "p_id": own_id},
@@ -187,14 +199,14 @@ def knowing_holders(connection: Connection, pairs: Iterable[tuple[str, str]]) ->
 COLUMNS = tuple(column.name for column in organization_memberships.columns)
 
 
-def _upsert_statement(connection: Connection) -> Any:
+def _upsert_many_statement(connection: Connection) -> Any:
     """Insert, or overwrite a row holding an older version (``created_at``, ``updated_at``)."""
     statement = insert_for(connection, organization_memberships).values(
         bind_parameters(organization_memberships, COLUMNS)
     )
     incoming = statement.excluded
     current = organization_memberships.c
-    statement = statement.on_conflict_do_update(
+    return statement.on_conflict_do_update(
         index_elements=[current.id],
         set_={name: incoming[name] for name in COLUMNS if name != "id"},
         where=or_(
@@ -204,8 +216,12 @@ def _upsert_statement(connection: Connection) -> Any:
             ),
         ),
     )
+
+
+def _upsert_statement(connection: Connection) -> Any:
+    """``_upsert_many_statement`` for one row, saying whether it was written."""
     # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT DO UPDATE.
-    return statement.returning(organization_memberships.c.id)
+    return _upsert_many_statement(connection).returning(organization_memberships.c.id)
 
 
 def delete_membership(
@@ -255,6 +271,11 @@ def remove_membership(
         lambda pair, holders: (
             pair[0] == organization_id and any(holder.id == membership_id for holder in holders)
         ),
+    )
+    drop_queued(
+        connection,
+        organization_memberships.name,
+        lambda row: row["id"] == membership_id and row["created_at"] <= created_at,
     )
     connection.execute(
         delete(organization_memberships).where(

@@ -32,8 +32,8 @@ from models.events import (
 from models.known import forget_everything
 from models.memberships import knowing_holders
 from models.organizations import knowing_organization_versions
+from models.queued import writing_together
 from models.tombstones import knowing_tombstones
-from models.users import writing_users_together
 from workers.handlers import HANDLERS, Targets
 from workers.handlers.payloads import PoisonEventError, read_envelope, to_milliseconds
 
@@ -171,15 +171,19 @@ def apply_batch(
 
     A savepoint per event would isolate a poison event, but costs two more round trips to the
     database per event, as many as the mutation itself: the batch is first applied without
-    them, and with its user upserts written together at the end (``writing_users_together``).
-    Only if that fails (an event, or the users' write) is it rolled back and applied again with
-    a savepoint per event, each write on its own.
+    them, and with its user and membership upserts written together (``models.queued``). Only
+    if that fails (an event, or such a write) is it rolled back and applied again with a
+    savepoint per event, each write on its own.
     """
     try:
         return _apply_batch(engine, events, workspace_key, isolated=False, wait=wait_for_locks)
     except Exception as failure:
         if is_transient(failure):
             raise
+        log.info(
+            "batch applied again with a savepoint per event",
+            extra={"events": len(events), "error": _describe(failure.__cause__ or failure)},
+        )
         return _apply_batch(engine, events, workspace_key, isolated=True, wait=wait_for_locks)
 
 
@@ -205,7 +209,7 @@ def _apply_batch(
         documents = [parsed(event) for event in pending]
         with (
             prepared(connection, documents, wait=wait) as ready,
-            nullcontext() if isolated else writing_users_together(connection),
+            nullcontext() if isolated else writing_together(connection),
         ):
             for event, document, is_ready in zip(pending, documents, ready, strict=True):
                 if not is_ready:
