@@ -599,6 +599,7 @@ def test_a_worker_with_two_processes_applies_a_shuffled_2000_event_history(
     wait_for(lambda: queue_length(redis_client, settings.queue_name) == 0, 30)
     wait_for(lambda: redis_client.zcard(LEDGER_DUE_KEY) == 0, 30)
     wait_for(lambda: redis_client.hlen("unacked") == 0, 30)
+    assert redis_client.zcard("unacked_index") == 0
     assert statuses() == {"applied": len(history.events)}
     assert synced_tables(pg_engine) == history.expected_state()
     assert history.expected_state()[1], "the history leaves live memberships to compare"
