@@ -27,7 +27,7 @@ from models.known import (
     recall,
     remembering,
 )
-from models.queued import drop_queued
+from models.queued import write_queued
 from models.tables import organization_memberships, organizations
 from models.tombstones import DELETED, ORGANIZATION, Tombstone, bury, find_tombstone
 
@@ -151,11 +151,8 @@ def delete_organization(connection: Connection, organization_id: str, deleted_at
     )
     forget(connection, ORGANIZATION_VERSIONS, organization_id)
     forget_matching(connection, HOLDERS, lambda pair, _: pair[0] == organization_id)
-    drop_queued(
-        connection,
-        organization_memberships.name,
-        lambda row: row["organization_id"] == organization_id,
-    )
+    # Written, not dropped: a queued row may move a stored membership into this organization.
+    write_queued(connection, organization_memberships.name)
     connection.execute(
         delete(organization_memberships).where(
             organization_memberships.c.organization_id == organization_id

@@ -4,11 +4,12 @@ Inside ``writing_together``, an upsert of a table that allows it (users, members
 row instead of writing it, keeping per key what the database would keep: the newest version, or
 the first of equal ones (the upserts only overwrite an older version). When the block ends,
 each table's queue is written with one ``INSERT … ON CONFLICT DO UPDATE … WHERE older``, which
-SQLAlchemy sends as a multi-row statement. Meanwhile, whatever reads such rows writes their
-queue first (``write_queued``), and whatever deletes them also drops the queued rows it would
-have deleted (``drop_queued``), so every statement and the final tables are as if each upsert
-had been written at once. A failing write raises; the caller rolls the transaction back.
-Outside the block nothing is queued and every upsert writes at once, as before.
+SQLAlchemy sends as a multi-row statement. Meanwhile, whatever reads such rows, or deletes
+them by anything but their key, writes their queue first (``write_queued``), and a deletion
+by key drops the queued rows it would have deleted (``drop_queued``), so every statement and
+the final tables are as if each upsert had been written at once. A failing write raises; the
+caller rolls the transaction back. Outside the block nothing is queued and every upsert writes
+at once, as before.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def queue_row(
 
 
 def write_queued(connection: Connection, table: str) -> None:
-    """Write ``table``'s queued rows now: a statement is about to read the table."""
+    """Write ``table``'s queued rows now: a statement is about to read the table, or to delete
+    rows by a column a queued upsert may change."""
     queues: dict[str, Queue] | None = connection.info.get(QUEUES)
     if queues is not None and table in queues:
         _write(connection, queues[table])
@@ -84,7 +86,8 @@ def write_queued(connection: Connection, table: str) -> None:
 def drop_queued(
     connection: Connection, table: str, matches: Callable[[dict[str, Any]], bool]
 ) -> None:
-    """Forget the queued rows of ``table`` that a DELETE about to run would remove."""
+    """Forget the queued rows of ``table`` that a DELETE by their key, about to run, would
+    remove."""
     queues: dict[str, Queue] | None = connection.info.get(QUEUES)
     if queues is None or table not in queues:
         return

@@ -11,7 +11,7 @@ from sqlalchemy import Connection, delete
 
 from models.database import bind_parameters, bound, cached_statement, insert_for, lock_user
 from models.known import HOLDERS, forget_matching
-from models.queued import drop_queued, queue_row
+from models.queued import drop_queued, queue_row, write_queued
 from models.tables import organization_memberships, users
 from models.tombstones import DELETED, USER, Tombstone, bury, find_tombstone
 
@@ -104,7 +104,8 @@ def delete_user(connection: Connection, user_id: str, deleted_at: int) -> None:
         ),
     )
     forget_matching(connection, HOLDERS, lambda pair, _: pair[1] == user_id)
-    drop_queued(connection, organization_memberships.name, lambda row: row["user_id"] == user_id)
+    # Written, not dropped: a queued row may move a stored membership to this user.
+    write_queued(connection, organization_memberships.name)
     connection.execute(
         delete(organization_memberships).where(organization_memberships.c.user_id == user_id)
     )

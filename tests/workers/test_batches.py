@@ -335,11 +335,11 @@ def test_a_membership_replacing_a_queued_one_supersedes_it_without_savepoints(
     assert [row["id"] for row in synced_tables(runtime.engine)[1]] == ["orgmem_second"]
 
 
-def test_deleting_an_organization_or_a_user_drops_their_queued_memberships(
+def test_deleting_an_organization_or_a_user_removes_their_queued_memberships(
     runtime: WorkerRuntime,
 ) -> None:
     """Memberships queued earlier in the batch, then their organization (or user) deleted: the
-    queued rows go too, as the deletion would have removed them from the table, and the batch
+    queue is written before the deletion, which removes them as it would have, and the batch
     needs no second attempt."""
     doomed = organization_data("org_doomed", name="Doomed")
     kept = organization_data("org_kept", name="Kept")
