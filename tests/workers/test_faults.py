@@ -653,11 +653,8 @@ def test_pool_process_killed_alone_has_its_task_requeued_at_once(
 
 
 def queued_svix_ids(client: redis.Redis[bytes], queue_name: str) -> list[str]:
-    """The svix ids (first task argument) of the messages waiting on a kombu Redis queue."""
-    return [
-        str(json.loads(base64.b64decode(json.loads(raw)["body"]))[0][0])
-        for raw in client.lrange(queue_name, 0, -1)
-    ]
+    """The svix ids of the messages waiting on a kombu Redis queue."""
+    return [_svix_id_of(json.loads(raw)) for raw in client.lrange(queue_name, 0, -1)]
 
 
 def pool_processes(pid: int) -> list[int]:
@@ -677,6 +674,11 @@ def pool_processes(pid: int) -> list[int]:
 def _svix_id_of_unacked(raw: bytes) -> str:
     """The svix id (first task argument) of a message in kombu's ``unacked`` hash."""
     message, _exchange, _routing_key = json.loads(raw)
+    return _svix_id_of(message)
+
+
+def _svix_id_of(message: dict[str, Any]) -> str:
+    """The svix id (first task argument) of a kombu message as Redis stores it."""
     args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
     return str(args[0])
 
