@@ -9,6 +9,7 @@ import time
 from datetime import datetime
 from typing import Any
 
+import pytest
 import redis
 from celery import Celery
 
@@ -76,17 +77,24 @@ def test_publish_queues_the_message_send_task_would_and_the_ledger_entry(
     assert message.args == event.task_args()
 
 
+@pytest.mark.parametrize(
+    ("svix_id", "task_id"),
+    [("msg_3", "task-3"), ("msg_\"{0}\\\u2028'", 'task "{id}" \\')],
+    ids=["plain", "needs-escaping"],
+)
 def test_a_templated_message_equals_the_one_celery_builds_for_the_same_task(
-    settings: Settings,
+    settings: Settings, svix_id: str, task_id: str
 ) -> None:
     """First deliveries are filled into a per-process template; only the delivery tag (unique
-    per message) may differ from the message Celery and kombu build field by field."""
+    per message) may differ from the message Celery and kombu build field by field, whatever
+    characters the ids hold (quotes, backslashes and braces must not break the JSON or the
+    template)."""
     celery = Celery("reference", set_as_current=False)
     celery.conf.update(broker_configuration(settings))
     messages = RedisTaskMessages(celery, settings.queue_name)
-    event = QueuedEvent("msg_3", '{"type": "user.created", "data": {"név": "Zoë"}}', 1_700_000_000)
-    key, templated = messages.build(event, task_id="task-3")
-    celery_key, built = messages.build_with_celery(event, task_id="task-3")
+    event = QueuedEvent(svix_id, '{"type": "user.created", "data": {"név": "Zoë"}}', 1_700_000_000)
+    key, templated = messages.build(event, task_id=task_id)
+    celery_key, built = messages.build_with_celery(event, task_id=task_id)
     ours, reference = json.loads(templated), json.loads(built)
     assert key == celery_key == settings.queue_name
     assert ours["properties"].pop("delivery_tag") != reference["properties"].pop("delivery_tag")
