@@ -34,6 +34,7 @@ from workers.batches import (
     prefetch_multiplier,
     register_runtime,
 )
+from workers.json_reading import read_broker_json_fast
 from workers.metrics import WorkerMetrics
 from workers.processing import (
     apply_with_short_retries,
@@ -142,6 +143,11 @@ def create_celery_app(settings: Settings) -> Celery:
         """Before the pool is built: how it hands tasks to its processes (``pool_optimization``)."""
         if sender is not None:
             sender.optimization = pool_optimization(settings, sender.optimization)
+
+    @signals.worker_init.connect(weak=False, dispatch_uid="clerk_sync.json_reading")
+    def read_messages_fast(**_: Any) -> None:
+        """The main process reads every message's JSON (``workers.json_reading``)."""
+        read_broker_json_fast()
 
     @signals.worker_process_init.connect(weak=False, dispatch_uid="clerk_sync.warm_up")
     def warm_up(**_: Any) -> None:

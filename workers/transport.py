@@ -27,8 +27,8 @@ from typing import Any, Final
 import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import QoS as VirtualQoS
-from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import loads
+
+from workers.json_reading import read_json
 
 TRANSPORT: Final = "workers.transport:Transport"
 MAX_FETCH: Final = 100
@@ -127,7 +127,7 @@ class Channel(kombu_redis.Channel):
                     error,
                 )
                 return
-            messages = [loads(bytes_to_str(item)) for item in items]  # type: ignore[no-untyped-call]
+            messages = [read_json(item) for item in items]
             self._deliver_fetched(queue, messages)
             count -= len(items)
             if count <= 0:
