@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import traceback
 from collections import Counter
@@ -36,6 +35,7 @@ from models.queued import writing_together
 from models.tombstones import knowing_tombstones
 from workers.handlers import HANDLERS, Targets
 from workers.handlers.payloads import PoisonEventError, read_envelope, to_milliseconds
+from workers.json_reading import read_payload
 
 log = logging.getLogger("clerk_sync.worker")
 
@@ -50,7 +50,7 @@ def describe_event(svix_id: str, payload: str, received_at_ms: int) -> IncomingE
     event_timestamp: int | None = None
     organization_id: str | None = None
     try:
-        document: Any = json.loads(payload)
+        document: Any = read_payload(payload)
     except ValueError:
         document = None
     if isinstance(document, dict):
@@ -297,7 +297,7 @@ def parsed(event: IncomingEvent) -> Any:
 def parse_payload(payload: str) -> Any:
     """The payload parsed, or None if it is not JSON (``apply_payload`` then says why)."""
     try:
-        return json.loads(payload)
+        return read_payload(payload)
     except (ValueError, RecursionError):
         return None
 
@@ -326,7 +326,7 @@ def apply_payload(
     """
     try:
         with connection.begin_nested() if isolated else nullcontext():
-            envelope = read_envelope(json.loads(payload) if document is None else document)
+            envelope = read_envelope(read_payload(payload) if document is None else document)
             handler = HANDLERS.get(envelope.type)
             if handler is None:
                 return SKIPPED, f"no handler for event type {envelope.type!r}"

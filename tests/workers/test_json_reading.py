@@ -1,5 +1,6 @@
-"""``read_json`` gives exactly what kombu's ``loads`` gives, for any text, and the worker
-decodes ``application/json`` messages with it."""
+"""``read_json`` gives exactly what kombu's ``loads`` gives, and ``read_payload`` what
+``json.loads`` gives, for any text; the worker decodes ``application/json`` messages with
+``read_json``."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from kombu.utils.json import loads as kombu_loads
 
 from clerk_sync.settings import Settings
 from ingress.queue import QueuedEvent, RedisTaskMessages, broker_configuration
-from workers.json_reading import read_broker_json_fast, read_json
+from workers.json_reading import read_broker_json_fast, read_json, read_payload
 
 BIG = 2**64
 
@@ -48,18 +49,24 @@ kombu_typed = st.one_of(
 
 
 def same_reading(text: str | bytes) -> None:
-    try:
-        expected: Any = kombu_loads(text)
-    except ValueError as error:
-        with pytest.raises(type(error)):
-            read_json(text)
-        return
-    read = read_json(text)
-    assert repr(read) == repr(expected), "same values and types (1 and 1.0 differ)"
+    """``read_json`` reads ``text`` as kombu does and, for a ``str``, ``read_payload`` as
+    ``json.loads`` does: the same values of the same types (1 and 1.0 differ), or the same
+    error."""
+    readers: list[tuple[Any, Any]] = [(read_json, kombu_loads)]
+    if isinstance(text, str):
+        readers.append((read_payload, json.loads))
+    for fast, reference in readers:
+        try:
+            expected: Any = reference(text)
+        except ValueError as error:
+            with pytest.raises(type(error)):
+                fast(text)
+            continue
+        assert repr(fast(text)) == repr(expected)
 
 
 @given(json_values, st.booleans())
-def test_any_json_value_reads_as_kombu_reads_it(value: Any, ascii_only: bool) -> None:
+def test_any_json_value_reads_as_kombu_and_json_read_it(value: Any, ascii_only: bool) -> None:
     same_reading(json.dumps(value, ensure_ascii=ascii_only))
 
 
