@@ -57,7 +57,9 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
         help=f"run only this benchmark (repeatable): {', '.join(BENCHMARKS)}",
     )
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
-    parser.add_argument("--repeats", type=int, help="repeats of the ingress, e2e and tables runs")
+    parser.add_argument(
+        "--repeats", type=int, help="repeats of the ingress, worker, e2e and tables runs"
+    )
     parser.add_argument("--worker-events", type=int, help="events of the worker benchmark")
     parser.add_argument("--backlog-events", type=int, help="events of the large backlog drain")
     parser.add_argument("--table-rows", type=int, help="existing memberships (tables benchmark)")
@@ -92,6 +94,7 @@ def make_plan(arguments: argparse.Namespace) -> Plan:
     if arguments.repeats:
         changes.update(
             ingress_repeats=arguments.repeats,
+            worker_repeats=arguments.repeats,
             e2e_repeats=arguments.repeats,
             table_repeats=arguments.repeats,
         )

@@ -25,6 +25,7 @@ class Plan:
     signed_requests: int
     worker_events: int
     worker_baseline_events: int
+    worker_repeats: int
     e2e_seconds: float
     e2e_repeats: int
     backlog_small: int
@@ -49,6 +50,7 @@ class Plan:
             signed_requests=1000,
             worker_events=50_000,
             worker_baseline_events=10_000,
+            worker_repeats=3,
             e2e_seconds=12,
             e2e_repeats=2,
             backlog_small=10_000,
@@ -68,6 +70,7 @@ class Plan:
             signed_requests=200,
             worker_events=2_000,
             worker_baseline_events=1_000,
+            worker_repeats=1,
             e2e_seconds=4,
             e2e_repeats=1,
             backlog_small=500,
