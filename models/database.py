@@ -99,12 +99,15 @@ def lock_user(connection: Connection, user_id: str) -> None:
 
 
 LOCK_MANY = text(
-    "SELECT count(pg_advisory_xact_lock(lock_id)) FROM unnest(("
-    "SELECT array_agg(DISTINCT hashtextextended(key, 0) ORDER BY hashtextextended(key, 0)) "
-    "FROM unnest(CAST(:keys AS text[])) AS key)) AS lock_id"
+    "SELECT count(pg_advisory_xact_lock(lock_id)) FROM unnest(array_cat("
+    "(SELECT array_agg(DISTINCT hashtextextended(key, 0) ORDER BY hashtextextended(key, 0)) "
+    "FROM unnest(CAST(:organization_keys AS text[])) AS key), "
+    "(SELECT array_agg(DISTINCT hashtextextended(key, 0) ORDER BY hashtextextended(key, 0)) "
+    "FROM unnest(CAST(:user_keys AS text[])) AS key))) AS lock_id"
 )
-"""Take the advisory locks of many keys, in ascending order of lock id: the inner query sorts
-the ids into an array, the outer one locks them one by one in array order."""
+"""Take the advisory locks of many organization keys, then of many user keys, each kind in
+ascending order of lock id, in one round trip: the inner queries sort each kind's ids into an
+array, the outer one locks them one by one in the order of the two arrays joined."""
 
 
 HELD_LOCKS = "clerk_sync.held_locks"
@@ -154,10 +157,9 @@ def holding_locks(
     held: set[str] = set()
     busy: set[str] = set()
     if wait:
-        for keys in kinds:
-            if keys:
-                connection.execute(LOCK_MANY, {"keys": keys})
-                held.update(keys)
+        if kinds[0] or kinds[1]:
+            connection.execute(LOCK_MANY, {"organization_keys": kinds[0], "user_keys": kinds[1]})
+            held.update(kinds[0], kinds[1])
     else:
         keys = kinds[0] + kinds[1]
         if keys:
