@@ -10,9 +10,12 @@ This transport keeps kombu's ``BRPOP`` (it wakes the worker when a message arriv
 each message it takes up to ``MAX_FETCH`` more (as many as the prefetch limit allows) with one
 Lua script that pops them *and* records them as unacknowledged, exactly as kombu would, in the
 same atomic step. Those messages then go through kombu's and Celery's usual delivery, only
-without kombu's per-message write. Messages, keys, acknowledgement and restore are kombu's. The
-script also closes, for these messages, the window in which kombu has taken a message off the
-queue but not yet recorded it. Synchronous commands share one client per channel.
+without kombu's per-message write. The same script call records the ``BRPOP``'s message too
+(kombu's write of it is deferred to it), so a lone message, as every message is at light
+traffic, costs one synchronous round trip instead of two. Messages, keys, acknowledgement and
+restore are kombu's. The script also closes, for the messages it pops, the window in which
+kombu has taken a message off the queue but not yet recorded it. Synchronous commands share one
+client per channel.
 
 It needs Redis 6.2 (``RPOP`` with a count); on an older Redis it receives as kombu does.
 Celery uses it through ``broker_transport`` (``TRANSPORT``) with the ordinary ``redis://`` URL.
@@ -27,6 +30,7 @@ from typing import Any, Final
 import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import QoS as VirtualQoS
+from kombu.utils.json import dumps
 
 from workers.json_reading import read_json
 
@@ -35,7 +39,14 @@ MAX_FETCH: Final = 100
 """Most messages taken per round trip (and delivered before the event loop runs again)."""
 
 FETCH_SCRIPT: Final = """
+for position = 3, #ARGV, 2 do
+  redis.call('ZADD', KEYS[3], ARGV[2], ARGV[position])
+  redis.call('HSET', KEYS[2], ARGV[position], ARGV[position + 1])
+end
 local fetched = {}
+if tonumber(ARGV[1]) <= 0 then
+  return fetched
+end
 local items = redis.call('RPOP', KEYS[1], ARGV[1])
 if not items then
   return fetched
@@ -58,8 +69,9 @@ for _, item in ipairs(items) do
 end
 return fetched
 """
-"""Pop up to ARGV[1] messages from the queue list KEYS[1] and record each in the unacked hash
-KEYS[2] and index KEYS[3] (score ARGV[2], now) as kombu's ``QoS.append`` does:
+"""Record the messages kombu's ``BRPOP`` delivered (ARGV[3:]: delivery tag, record, ...), then
+pop up to ARGV[1] more messages from the queue list KEYS[1] and record each: in the unacked hash
+KEYS[2] and index KEYS[3] (score ARGV[2], now) as kombu's ``QoS.append`` does,
 ``[message, exchange, routing_key]`` by delivery tag. Whatever is not a kombu message goes back
 to the head of the list, for kombu's own ``BRPOP`` to deal with."""
 
@@ -67,18 +79,38 @@ log = logging.getLogger("clerk_sync.worker")
 
 
 class QoS(kombu_redis.QoS):
-    """kombu's QoS, except for messages the fetch script has already recorded."""
+    """kombu's QoS, except for messages the fetch script records: those it has recorded already
+    (``recorded``), and, while ``deferring``, the message of a ``BRPOP``, whose record goes in
+    the fetch script's round trip instead of one of its own (``take_deferred``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         self.recorded: set[str] = set()
+        self.deferring = False
+        self._deferred: list[tuple[str, str]] = []
 
     def append(self, message: Any, delivery_tag: str) -> None:
         if delivery_tag in self.recorded:
             self.recorded.discard(delivery_tag)
             VirtualQoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]
             return
+        if self.deferring:
+            VirtualQoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]
+            delivery = message.delivery_info
+            record = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])  # type: ignore[no-untyped-call]
+            self._deferred.append((delivery_tag, record))
+            return
         super().append(message, delivery_tag)  # type: ignore[no-untyped-call]
+
+    def take_deferred(self) -> list[tuple[str, str]]:
+        """The deferred records of the messages still unacknowledged (one acknowledged or
+        rejected meanwhile, as an unreadable one is at once, must not be recorded after)."""
+        deferred, self._deferred = self._deferred, []
+        return [
+            (tag, record)
+            for tag, record in deferred
+            if tag in self._delivered and tag not in self._dirty
+        ]
 
 
 class Channel(kombu_redis.Channel):
@@ -101,22 +133,44 @@ class Channel(kombu_redis.Channel):
         return client
 
     def _brpop_read(self, **options: Any) -> bool:
-        delivered = bool(super()._brpop_read(**options))  # type: ignore[no-untyped-call]
-        if delivered and self._fetches and not self.global_keyprefix:
-            self._fetch_more()
+        fetching = self._fetches and not self.global_keyprefix
+        self.qos.deferring = fetching
+        try:
+            delivered = bool(super()._brpop_read(**options))  # type: ignore[no-untyped-call]
+        except BaseException:
+            self.qos.deferring = False
+            self._record(self.qos.take_deferred())
+            raise
+        self.qos.deferring = False
+        deferred = self.qos.take_deferred()
+        if delivered and fetching:
+            self._fetch_more(deferred)
+        else:
+            self._record(deferred)
         return delivered
 
-    def _fetch_more(self) -> None:
-        room = self.qos.can_consume_max_estimate()
-        count = MAX_FETCH if room is None else min(room, MAX_FETCH)
-        if count <= 0:
+    def _record(self, deferred: list[tuple[str, str]]) -> None:
+        """Record messages as unacknowledged as kombu's ``QoS.append`` does."""
+        if not deferred:
             return
+        now = time.time()
+        pipeline = self._create_client().pipeline()
+        for tag, record in deferred:
+            pipeline.zadd(self.unacked_index_key, {tag: now})
+            pipeline.hset(self.unacked_key, tag, record)
+        pipeline.execute()
+
+    def _fetch_more(self, deferred: list[tuple[str, str]]) -> None:
+        """Record the ``BRPOP``'s message and take more, in one round trip per queue."""
+        room = self.qos.can_consume_max_estimate()
+        count = MAX_FETCH if room is None else max(0, min(room, MAX_FETCH))
+        records = [part for tag_and_record in deferred for part in tag_and_record]
         for queue in self.active_queues:
             client = self._create_client()
             try:
                 items = self._fetch_script(
                     keys=[self._q_for_pri(queue, 0), self.unacked_key, self.unacked_index_key],  # type: ignore[no-untyped-call]
-                    args=[count, time.time()],
+                    args=[count, time.time(), *records],
                     client=client,
                 )
             except redis.ResponseError as error:
@@ -126,12 +180,16 @@ class Channel(kombu_redis.Channel):
                     "count needs Redis 6.2)",
                     error,
                 )
+                self._record(deferred)
                 return
+            records = []
             messages = [read_json(item) for item in items]
             self._deliver_fetched(queue, messages)
             count -= len(items)
             if count <= 0:
-                return
+                break
+        if records:
+            self._record(deferred)
 
     def _deliver_fetched(self, queue: str, messages: list[dict[str, Any]]) -> None:
         """Hand each message to kombu's delivery; if one raises, the rest, already recorded as

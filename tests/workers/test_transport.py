@@ -24,8 +24,11 @@ def publish(settings: Settings, count: int) -> list[str]:
     return svix_ids
 
 
-def receive(settings: Settings, prefetch: int, rounds: int) -> tuple[list[Any], Channel, Any]:
-    """Consume with a prefetch limit, one ``drain_events`` (one ``BRPOP``) per round."""
+def receive(
+    settings: Settings, prefetch: int, rounds: int, *, ack_at_once: bool = False
+) -> tuple[list[Any], Channel, Any]:
+    """Consume with a prefetch limit, one ``drain_events`` (one ``BRPOP``) per round;
+    ``ack_at_once``: acknowledge each message as it is delivered."""
     connection = create_celery_app(settings).connection_for_read()
     channel = connection.default_channel
     assert isinstance(channel, Channel)
@@ -34,7 +37,9 @@ def receive(settings: Settings, prefetch: int, rounds: int) -> tuple[list[Any], 
     consumer = Consumer(
         channel,
         queues=[Queue(settings.queue_name)],
-        callbacks=[lambda _body, message: received.append(message)],
+        callbacks=[
+            lambda _body, message: received.append(message) or (ack_at_once and message.ack())
+        ],
         accept=["json"],
     )
     consumer.consume()
@@ -79,5 +84,39 @@ def test_what_is_not_a_kombu_message_is_left_on_the_queue_for_kombu(
         assert len(received) == 3
         assert redis_client.lrange(settings.queue_name, 0, -1) == [b"not a message"]
         assert redis_client.hlen("unacked") == 3
+    finally:
+        connection.release()
+
+
+def test_a_lone_message_is_recorded_as_kombu_records_it(
+    settings: Settings, redis_client: redis.Redis[bytes]
+) -> None:
+    """The record of a ``BRPOP``'s message goes in the fetch script's round trip (kombu writes
+    it in a pipeline of its own): the same record, restored by kombu's restore."""
+    publish(settings, 1)
+    received, channel, connection = receive(settings, prefetch=10, rounds=1)
+    try:
+        [message] = received
+        raw, exchange, routing_key = json.loads(redis_client.hget("unacked", message.delivery_tag))
+        assert raw == message._raw
+        assert (exchange, routing_key) == ("", settings.queue_name)
+        assert redis_client.zscore("unacked_index", message.delivery_tag) is not None
+        channel.qos.restore_unacked()
+        assert queue_length(redis_client, settings.queue_name) == 1, "kombu's restore works"
+    finally:
+        connection.release()
+
+
+def test_a_message_acknowledged_on_delivery_is_not_recorded_after(
+    settings: Settings, redis_client: redis.Redis[bytes]
+) -> None:
+    """An unreadable message is acknowledged while it is delivered, before the round trip that
+    records it: it must not be left in ``unacked``, to be restored later."""
+    publish(settings, 1)
+    received, _channel, connection = receive(settings, prefetch=10, rounds=1, ack_at_once=True)
+    try:
+        assert len(received) == 1
+        assert redis_client.hlen("unacked") == 0
+        assert redis_client.zcard("unacked_index") == 0
     finally:
         connection.release()
