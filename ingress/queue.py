@@ -210,9 +210,16 @@ class Ledger:
         if not svix_ids:
             return
         pipeline = self._client.pipeline(transaction=True)
-        pipeline.zrem(LEDGER_DUE_KEY, *svix_ids)
-        pipeline.hdel(LEDGER_MESSAGES_KEY, *svix_ids)
+        self.forget_in(pipeline, svix_ids)
         pipeline.execute()
+
+    @staticmethod
+    def forget_in(pipeline: Any, svix_ids: Sequence[str]) -> None:
+        """Queue ``forget``'s commands on a pipeline of another client of the same Redis (the
+        worker's acknowledgements), to run in its round trip."""
+        if svix_ids:
+            pipeline.zrem(LEDGER_DUE_KEY, *svix_ids)
+            pipeline.hdel(LEDGER_MESSAGES_KEY, *svix_ids)
 
     def overdue(self, now: float, limit: int) -> list[QueuedEvent]:
         svix_ids = [

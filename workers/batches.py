@@ -40,9 +40,9 @@ from kombu.asynchronous.timer import to_timestamp
 from kombu.transport.redis import QoS as RedisQoS
 from kombu.transport.virtual import QoS as VirtualQoS
 
-from ingress.queue import APPLY_EVENT_TASK, BROKER_ERRORS, QueuedEvent
+from ingress.queue import APPLY_EVENT_TASK, BROKER_ERRORS, Ledger, QueuedEvent
 from models.database import is_transient
-from models.events import APPLIED, DEAD, IncomingEvent
+from models.events import APPLIED, DEAD, SKIPPED, IncomingEvent
 from workers.processing import (
     DEFERRED,
     apply_batch_with_short_retries,
@@ -72,6 +72,9 @@ CONTENTION_SQLSTATES: Final = frozenset({"55P03", "40P01", "40001"})
 
 MAX_DEFERRALS: Final = 3
 """Batches that may defer an event (its lock held by another batch) before one waits for it."""
+
+FINAL_OUTCOMES: Final = frozenset({APPLIED, SKIPPED, DEAD})
+"""Outcomes committed for good: the event's ledger entry can go."""
 
 SUPPORTED_POOLS: Final = frozenset({"celery.concurrency.prefork", "celery.concurrency.solo"})
 """Pools whose results come back in the main process's event loop (not in other threads)."""
@@ -161,7 +164,6 @@ def process_batch(
     outcomes.update(dict.fromkeys(deferred, DEFERRED))
     elapsed = time.perf_counter() - started
     _observe(runtime, items, events, finished, elapsed)
-    _forget(runtime, list(finished))
     return [
         outcomes.get(item.svix_id, FAILED)
         if first_copy[item.svix_id] is item
@@ -292,18 +294,6 @@ def _observe(
             metrics.lag.observe(max(0.0, now - event.event_timestamp / 1000))
 
 
-def _forget(runtime: WorkerRuntime, svix_ids: list[str]) -> None:
-    """The outcomes are committed: drop the batch's ledger entries in one round trip. If Redis
-    is unreachable just now, the sweeper finds the entries later and drops them."""
-    ledger = runtime.publisher.ledger
-    if ledger is None or not svix_ids:
-        return
-    try:
-        ledger.forget(svix_ids)
-    except BROKER_ERRORS:
-        log.warning("ledger: entries not dropped; the sweeper will", extra={"events": svix_ids})
-
-
 def _is_contention(error: BaseException) -> bool:
     return getattr(getattr(error, "orig", None), "sqlstate", None) in CONTENTION_SQLSTATES
 
@@ -376,6 +366,7 @@ class Batcher:
         self.request_class = create_request_cls(
             symbol_by_name(task.Request), task, consumer.pool, self.hostname, self.eventer, app=app
         )
+        self.ledger = _RUNTIMES[task.batch_runtime].publisher.ledger
         self.batch_size = task.batch_size
         self.flush_interval = task.batch_flush_interval
         self.buffer: list[Any] = []
@@ -528,7 +519,9 @@ class Batcher:
                 run_batch,
                 args=(self.task.batch_runtime, items, wait_for_locks),
                 accept_callback=partial(self._on_accepted, valid),
-                callback=partial(self._on_return, valid, time.monotonic()),
+                callback=partial(
+                    self._on_return, valid, [item.svix_id for item in items], time.monotonic()
+                ),
                 error_callback=partial(self._on_error, valid),
                 correlation_id=valid[0].id,
             )
@@ -553,14 +546,27 @@ class Batcher:
             request.time_start = time.time() - (time.monotonic() - time_accepted)
             task_accepted(request)
 
-    def _on_return(self, requests: list[Any], submitted: float, outcomes: Any) -> None:
+    def _on_return(
+        self, requests: list[Any], svix_ids: list[str], submitted: float, outcomes: Any
+    ) -> None:
         self.in_flight -= 1
         runtime = time.monotonic() - submitted
         try:
+            finished = sorted(
+                {
+                    svix_id
+                    for svix_id, outcome in zip(svix_ids, outcomes, strict=True)
+                    if outcome in FINAL_OUTCOMES
+                }
+            )
             settled = list(zip(requests, outcomes, strict=True))
             again = [request for request, outcome in settled if outcome == DEFERRED]
             settled = [(request, outcome) for request, outcome in settled if outcome != DEFERRED]
-            acknowledge_all([request for request, outcome in settled if outcome != REQUEUE])
+            acknowledge_all(
+                [request for request, outcome in settled if outcome != REQUEUE],
+                forget=finished,
+                ledger=self.ledger,
+            )
             self._announce([request for request, _ in settled])
             for request, outcome in settled:
                 self.deferred.pop(request.id, None)
@@ -664,30 +670,34 @@ def _settle(request: Any, outcome: str, runtime: float) -> None:
         request.send_event("task-succeeded", result=outcome, runtime=runtime)
 
 
-def acknowledge_all(requests: Sequence[Any]) -> None:
-    """Acknowledge many messages in one Redis round trip.
+def acknowledge_all(
+    requests: Sequence[Any], *, forget: Sequence[str] = (), ledger: Ledger | None = None
+) -> None:
+    """Acknowledge many messages, and drop the ledger entries of the events in ``forget`` (their
+    outcomes are committed), in one Redis round trip.
 
     kombu's Redis transport acknowledges a message by removing its delivery tag from the
     ``unacked`` hash and index, one pipeline per message; this does the same for all the tags
     of a batch with one ``ZREM`` and one ``HDEL``, then records each message as acknowledged as
-    ``Message.ack`` would. Messages of another transport, or any surprise, go through
-    ``Request.acknowledge`` one by one. If Redis cannot be reached the messages stay
-    unacknowledged (as a failed ack leaves them) and come back after the visibility timeout, to
-    be ignored as duplicates.
+    ``Message.ack`` would; the ledger's ``ZREM`` and ``HDEL`` go in the same pipeline (the
+    ledger lives beside the queue). Messages of another transport, or any surprise, go through
+    ``Request.acknowledge`` one by one, and the ledger on its own. If Redis cannot be reached the
+    messages stay unacknowledged (as a failed ack leaves them) and come back after the
+    visibility timeout, to be ignored as duplicates; the sweeper drops the ledger entries.
     """
     pending = [request for request in requests if not request.acknowledged]
-    if not pending:
-        return
-    message = pending[0]._message
-    channel = message.channel
+    channel = pending[0]._message.channel if pending else None
     qos = getattr(channel, "qos", None)
     if (
-        not isinstance(qos, RedisQoS)
+        channel is None
+        or not isinstance(qos, RedisQoS)
         or channel.no_ack_consumers
+        or channel.global_keyprefix
         or any(request._message.channel is not channel for request in pending)
     ):
         for request in pending:
             request.acknowledge()
+        _forget(ledger, forget)
         return
     tags = [request._message.delivery_tag for request in pending]
     try:
@@ -696,6 +706,8 @@ def acknowledge_all(requests: Sequence[Any]) -> None:
             pipeline = client.pipeline()
             pipeline.zrem(qos.unacked_index_key, *tags)
             pipeline.hdel(qos.unacked_key, *tags)
+            if ledger is not None:
+                ledger.forget_in(pipeline, forget)
             pipeline.execute()
     except channel.connection_errors as error:
         log.critical("Couldn't ack %d messages, reason:%r", len(tags), error, exc_info=True)
@@ -704,11 +716,23 @@ def acknowledge_all(requests: Sequence[Any]) -> None:
         log.exception("acknowledging a batch at once failed; acknowledging one by one")
         for request in pending:
             request.acknowledge()
+        _forget(ledger, forget)
         return
     for request, tag in zip(pending, tags, strict=True):
         VirtualQoS.ack(qos, tag)  # type: ignore[no-untyped-call]
         request._message._state = "ACK"
         request.acknowledged = True
+
+
+def _forget(ledger: Ledger | None, svix_ids: Sequence[str]) -> None:
+    """Drop ledger entries on their own. If Redis is unreachable just now, the sweeper finds the
+    entries later and drops them."""
+    if ledger is None or not svix_ids:
+        return
+    try:
+        ledger.forget(svix_ids)
+    except BROKER_ERRORS:
+        log.warning("ledger: entries not dropped; the sweeper will", extra={"events": svix_ids})
 
 
 def batching(settings: Any) -> bool:

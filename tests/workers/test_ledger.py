@@ -40,6 +40,37 @@ def test_accepted_event_is_in_the_ledger_until_its_outcome_is_committed(
     assert redis_client.hlen(LEDGER_MESSAGES_KEY) == 0
 
 
+def test_applied_skipped_and_dead_events_leave_the_ledger_with_their_acknowledgement(
+    settings: Settings,
+    pg_engine: Engine,
+    redis_client: redis.Redis[bytes],
+    send: Send,
+    start_worker: Any,
+) -> None:
+    """The worker's main process drops a batch's ledger entries in the round trip that
+    acknowledges its messages: every final outcome, not only ``applied``."""
+    poison = organization_data("org_poison")
+    del poison["name"]
+    svix_ids = {
+        "applied": send(event("organization.created", organization_data("org_ok"))),
+        "skipped": send(event("session.created", {"object": "session", "id": "sess_1"})),
+        "dead": send(event("organization.created", poison)),
+    }
+    assert redis_client.zcard(LEDGER_DUE_KEY) == 3
+
+    start_worker(settings)
+    for status, svix_id in svix_ids.items():
+        wait_for(
+            lambda svix_id=svix_id, status=status: (
+                (row := inbox_row(pg_engine, svix_id)) and row["status"] == status
+            )
+        )
+    wait_for(lambda: redis_client.zcard(LEDGER_DUE_KEY) == 0, 10)
+    assert redis_client.hlen(LEDGER_MESSAGES_KEY) == 0
+    assert queue_length(redis_client, settings.queue_name) == 0
+    assert redis_client.hlen("unacked") == 0, "acknowledged"
+
+
 def test_sweeper_republishes_an_event_whose_message_was_lost(
     settings: Settings,
     pg_engine: Engine,
