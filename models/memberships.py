@@ -33,7 +33,7 @@ from models.known import (
 )
 from models.organizations import OrganizationSnapshot, write_organization
 from models.queued import drop_queued, queue_row, write_queued
-from models.tables import organization_memberships
+from models.tables import organization_memberships, organizations
 from models.tombstones import (
     DELETED,
     ORGANIZATION,
@@ -132,6 +132,7 @@ def upsert_membership(connection: Connection, snapshot: MembershipSnapshot) -> b
         (snapshot.created_at, snapshot.updated_at),
         values,
         ("upsert_memberships", _upsert_many_statement),
+        requires=(organizations.name,),
     )
     if written is None:
         statement = cached_statement(connection, "upsert_membership", _upsert_statement)

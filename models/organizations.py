@@ -27,7 +27,7 @@ from models.known import (
     recall,
     remembering,
 )
-from models.queued import write_queued
+from models.queued import drop_queued, queue_row, write_queued
 from models.tables import organization_memberships, organizations
 from models.tombstones import DELETED, ORGANIZATION, Tombstone, bury, find_tombstone
 
@@ -51,7 +51,8 @@ class OrganizationSnapshot:
 def upsert_organization(connection: Connection, snapshot: OrganizationSnapshot) -> bool:
     """Create the organization or move it to a newer version; ignore stale or deleted ones.
 
-    Returns whether a row was written.
+    Returns whether a row was written, or, inside ``models.queued.writing_together``, queued
+    to be.
     """
     lock_organization(connection, snapshot.id)
     if find_tombstone(connection, ORGANIZATION, snapshot.id) is not None:
@@ -62,7 +63,8 @@ def upsert_organization(connection: Connection, snapshot: OrganizationSnapshot) 
 def write_organization(connection: Connection, snapshot: OrganizationSnapshot) -> bool:
     """The write of ``upsert_organization`` alone, for a caller that holds the organization's
     lock and found no tombstone for it (a membership mutation): insert, or overwrite an older
-    version. Returns whether a row was written."""
+    version (queued inside ``models.queued.writing_together``). Returns whether a row was
+    written or queued."""
     known = recall(connection, ORGANIZATION_VERSIONS, snapshot.id)
     if known is not MISSING and snapshot.updated_at <= known:
         # Nested in every membership event: the row holds this version (or a newer one)
@@ -81,8 +83,17 @@ def write_organization(connection: Connection, snapshot: OrganizationSnapshot) -
         "updated_at": snapshot.updated_at,
         "synced_at": datetime.now(UTC),
     }
-    statement = cached_statement(connection, "upsert_organization", _upsert_statement)
-    written = connection.execute(statement, bound(values)).first() is not None
+    written = queue_row(
+        connection,
+        organizations.name,
+        snapshot.id,
+        (snapshot.updated_at,),
+        values,
+        ("upsert_organizations", _upsert_many_statement),
+    )
+    if written is None:
+        statement = cached_statement(connection, "upsert_organization", _upsert_statement)
+        written = connection.execute(statement, bound(values)).first() is not None
     note(connection, ORGANIZATION_VERSIONS, snapshot.id, snapshot.updated_at)
     return written
 
@@ -120,18 +131,22 @@ def knowing_organization_versions(
 COLUMNS = tuple(column.name for column in organizations.columns)
 
 
-def _upsert_statement(connection: Connection) -> Any:
+def _upsert_many_statement(connection: Connection) -> Any:
     """Insert, or overwrite a row holding an older version (``updated_at``)."""
     statement = insert_for(connection, organizations).values(
         bind_parameters(organizations, COLUMNS)
     )
-    statement = statement.on_conflict_do_update(
+    return statement.on_conflict_do_update(
         index_elements=[organizations.c.id],
         set_={name: statement.excluded[name] for name in COLUMNS if name != "id"},
         where=organizations.c.updated_at < statement.excluded.updated_at,
     )
+
+
+def _upsert_statement(connection: Connection) -> Any:
+    """``_upsert_many_statement`` for one row, saying whether it was written."""
     # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT DO UPDATE.
-    return statement.returning(organizations.c.id)
+    return _upsert_many_statement(connection).returning(organizations.c.id)
 
 
 def delete_organization(connection: Connection, organization_id: str, deleted_at: int) -> None:
@@ -158,4 +173,5 @@ def delete_organization(connection: Connection, organization_id: str, deleted_at
             organization_memberships.c.organization_id == organization_id
         )
     )
+    drop_queued(connection, organizations.name, lambda row: row["id"] == organization_id)
     connection.execute(delete(organizations).where(organizations.c.id == organization_id))

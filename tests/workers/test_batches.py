@@ -214,7 +214,8 @@ def test_a_batch_of_memberships_reads_its_tombstones_and_holders_once(
 ) -> None:
     """Round trips, not time: a batch of memberships in a few organizations costs a fixed
     number of statements (claim, locks, tombstones, holders, organization versions, outcomes),
-    one that writes all the memberships, and one per organization for its row."""
+    one that writes all the organizations (before the memberships that reference them) and one
+    that writes all the memberships."""
     engine = runtime.engine
     organizations_in_batch = [organization_data(f"org_{n}", name=f"Org {n}") for n in range(3)]
     items = [
@@ -232,8 +233,9 @@ def test_a_batch_of_memberships_reads_its_tombstones_and_holders_once(
 
     upserts = starting("INSERT INTO organization_memberships", statements)
     organization_writes = starting("INSERT INTO organizations", statements)
-    assert (len(upserts), len(organization_writes)) == (1, 3)
-    assert len(statements) - 4 <= 9, statements
+    assert (len(upserts), len(organization_writes)) == (1, 1)
+    assert statements.index(organization_writes[0]) < statements.index(upserts[0])
+    assert len(statements) <= 8, statements
     with engine.connect() as connection:
         assert connection.scalar(select(func.count()).select_from(organization_memberships)) == 30
 
@@ -360,6 +362,54 @@ def test_deleting_an_organization_or_a_user_removes_their_queued_memberships(
     assert not [s for s in statements if s.startswith("SAVEPOINT")], statements
     members = [(row["organization_id"], row["user_id"]) for row in synced_tables(runtime.engine)[1]]
     assert members == [("org_kept", "user_b")]
+
+
+def test_a_batchs_organizations_are_written_together_before_their_memberships(
+    runtime: WorkerRuntime,
+) -> None:
+    """Organization upserts are queued too: several versions of one organization (one of them
+    stale), others created, one created and deleted again, with memberships in them, in one
+    batch: one statement writes the organizations, before the one writing the memberships that
+    reference them (the foreign key), the deleted organization's queued row is dropped, and the
+    tables are those of applying the events one by one, in the batch's first attempt."""
+    versions = [
+        organization_data("org_versions", name=f"Version {n}", updated_at=BASE_TIME_MS + n)
+        for n in (1, 3, 2)
+    ]
+    other = organization_data("org_other", name="Other")
+    doomed = organization_data("org_doomed", name="Doomed")
+    payloads = [
+        event("organization.created", versions[0]),
+        event("organization.updated", versions[1]),
+        event("organizationMembership.created", membership_data(versions[2], user_id="user_a")),
+        event("organization.updated", versions[2]),
+        event("organization.created", other),
+        event("organizationMembership.created", membership_data(other, user_id="user_b")),
+        event("organization.created", doomed),
+        event("organizationMembership.created", membership_data(doomed, user_id="user_c")),
+        event("organization.deleted", deleted_organization_data("org_doomed")),
+    ]
+
+    with recording_statements(runtime.engine) as statements:
+        assert set(process_batch(runtime, [item(p) for p in payloads])) == {"applied"}
+
+    assert not [s for s in statements if s.startswith("SAVEPOINT")], statements
+    organization_writes = starting("INSERT INTO organizations", statements)
+    membership_writes = starting("INSERT INTO organization_memberships", statements)
+    assert len(organization_writes) == 1, statements
+    assert statements.index(organization_writes[-1]) < statements.index(membership_writes[-1])
+    assert org_names(runtime.engine) == {"org_versions": "Version 3", "org_other": "Other"}
+    members = [(row["organization_id"], row["user_id"]) for row in synced_tables(runtime.engine)[1]]
+    assert sorted(members) == [("org_other", "user_b"), ("org_versions", "user_a")]
+
+    # With no membership queued, the deletion drops the organization's queued row itself.
+    alone = organization_data("org_alone", name="Alone")
+    payloads = [
+        event("organization.created", alone),
+        event("organization.deleted", deleted_organization_data("org_alone")),
+    ]
+    assert process_batch(runtime, [item(p) for p in payloads]) == ["applied", "applied"]
+    assert "org_alone" not in org_names(runtime.engine)
 
 
 def test_a_failing_write_of_a_batchs_users_isolates_the_event_that_caused_it(
