@@ -52,19 +52,22 @@ def run(context: Context) -> BenchResult:
     publish = result.measure("prefill through Publisher", "events/s")
     cpu_cost = result.measure("CPU per event (worker + PostgreSQL)", "ms", "lower")
 
+    def drain_of(batch: list[Event], name: str) -> tuple[Drain, float]:
+        return run_drain(
+            context.supervisor,
+            context.services,
+            database,
+            batch,
+            name=name,
+            concurrency=plan.worker_concurrency,
+            work_dir=context.work_dir,
+            timeout=max(300.0, len(batch) / 20),
+        )
+
     warm_up = events[: max(1, len(events) // 10)]
     context.say(f"worker: warm-up, unmeasured (raw baseline and a drain of {len(warm_up):,})")
     upsert_loop(database.url, baseline_events[: len(warm_up)])
-    run_drain(
-        context.supervisor,
-        context.services,
-        database,
-        warm_up,
-        name="worker-warm-up",
-        concurrency=plan.worker_concurrency,
-        work_dir=context.work_dir,
-        timeout=max(300.0, len(warm_up) / 20),
-    )
+    drain_of(warm_up, "worker-warm-up")
 
     drained: Drain | None = None
     dead = 0
@@ -81,16 +84,7 @@ def run(context: Context) -> BenchResult:
             context.say(
                 f"worker: draining {len(events):,} events ({repeat + 1}/{plan.worker_repeats})"
             )
-            drained, publish_seconds = run_drain(
-                context.supervisor,
-                context.services,
-                database,
-                events,
-                name="worker",
-                concurrency=plan.worker_concurrency,
-                work_dir=context.work_dir,
-                timeout=max(300.0, len(events) / 20),
-            )
+            drained, publish_seconds = drain_of(events, "worker")
             worker.add(drained.events_per_second)
             wall.add(drained.events / drained.wall_seconds)
             publish.add(len(events) / publish_seconds)
