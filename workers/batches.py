@@ -5,7 +5,7 @@ On a Redis broker with the prefork (or solo) pool the worker does not run one ta
 the task's *strategy* (the code Celery's main process runs for each message it receives) keeps
 the messages in a buffer and hands them to a pool process as one batch
 
-- at once when no batch is being applied (so at low traffic an event waits for nothing),
+- at once while a pool process is idle (so at low traffic an event waits for nothing),
 - when ``batch_size`` messages are buffered,
 - or ``batch_flush_interval`` after the first buffered message, whichever comes first
   (``Batcher.flush``).
@@ -449,25 +449,22 @@ class Batcher:
     def flush(self, *, idle_only: bool) -> None:
         """Hand buffered messages to the pool:
 
-        - at once when no batch is being applied (an event reaching a quiet worker waits for
-          nothing);
-        - full batches, always (to any pool process: under load all of them work);
+        - at once while a pool process is idle (so an event waits for nothing but a busy pool);
+        - full batches, always;
         - everything once the flush interval has passed (``idle_only`` False).
 
-        Otherwise the events that arrive while a batch is being applied wait for it to return
-        and go together in the next batch. A batch costs about ten database round trips however
-        few events it holds: handing each event of light, steady traffic to whichever process
-        was idle made batches of one, and on a slow machine those round trips, not the events,
-        took the CPU (at 200 events/s on 2 cores: p50 latency 25-30 ms, against 17-18 ms with
-        this rule). Batches stay small when traffic is light and fill up under load, which is
-        what makes both the database work and this process's share of it cheap.
+        Otherwise, while every pool process applies a batch, the next batches grow in the buffer:
+        batches stay small when traffic is light and fill up under load, which is what makes
+        both the database work and this process's share of it cheap.
         """
         if self.flushing or self.retired:
             return
         self.flushing = True
         try:
             while self.buffer and (
-                len(self.buffer) >= self.batch_size or not idle_only or self.in_flight == 0
+                len(self.buffer) >= self.batch_size
+                or not idle_only
+                or self.in_flight < self._processes()
             ):
                 batch = self.buffer[: self.batch_size]
                 del self.buffer[: self.batch_size]
@@ -483,6 +480,12 @@ class Batcher:
     def _on_flush_timer(self) -> None:
         self.flush_entry = None
         self.flush(idle_only=False)
+
+    def _processes(self) -> int:
+        try:
+            return max(1, int(self.pool.num_processes))
+        except (AttributeError, TypeError, ValueError):
+            return 1
 
     def retire(self) -> None:
         """The consumer restarted (a new connection): what is buffered belongs to the old
