@@ -623,8 +623,9 @@ def test_pool_process_killed_alone_has_its_task_requeued_at_once(
     notices, re-queues the task (``task_reject_on_worker_lost``) and forks a replacement, so the
     event is applied long before the visibility timeout (60 s in the test settings)."""
     # A backlog long enough (seconds of work for the batched worker, which takes up to 100
-    # messages per round trip) that the kills below land on running tasks before it drains.
-    stream = clerk_stream(histories=40, organizations=4, events_per_history=100, seed=9)
+    # messages per round trip) that the kills below land on running tasks before it drains:
+    # a kill can find its process idle, and the next try needs messages still in flight.
+    stream = clerk_stream(histories=80, organizations=4, events_per_history=100, seed=9)
     enqueue(stream.events)
     worker = start_worker(settings, concurrency=2)
     started = time.monotonic()
