@@ -32,7 +32,7 @@ from models.known import (
     rows_for_pairs,
 )
 from models.organizations import OrganizationSnapshot, write_organization
-from models.queued import drop_queued, queue_row, write_queued
+from models.queued import delete_by_key, drop_queued, queue_row, write_queued
 from models.tables import organization_memberships, organizations
 from models.tombstones import (
     DELETED,
@@ -278,11 +278,19 @@ def remove_membership(
         organization_memberships.name,
         lambda row: row["id"] == membership_id and row["created_at"] <= created_at,
     )
-    connection.execute(
-        delete(organization_memberships).where(
-            organization_memberships.c.id == membership_id,
-            organization_memberships.c.created_at <= created_at,
-        )
+    delete_by_key(
+        connection,
+        organization_memberships.name,
+        ("delete_membership", _delete_incarnations_statement),
+        {"p_id": membership_id, "p_created_at": created_at},
+    )
+
+
+def _delete_incarnations_statement(_connection: Connection) -> Any:
+    """The incarnations of a membership id created at or before a time."""
+    return delete(organization_memberships).where(
+        organization_memberships.c.id == bindparam("p_id"),
+        organization_memberships.c.created_at <= bindparam("p_created_at"),
     )
 
 

@@ -27,7 +27,7 @@ from models.known import (
     recall,
     remembering,
 )
-from models.queued import drop_queued, queue_row, write_queued
+from models.queued import delete_by_key, drop_queued, queue_row, write_queued
 from models.tables import organization_memberships, organizations
 from models.tombstones import DELETED, ORGANIZATION, Tombstone, bury, find_tombstone
 
@@ -169,9 +169,23 @@ def delete_organization(connection: Connection, organization_id: str, deleted_at
     # Written, not dropped: a queued row may move a stored membership into this organization.
     write_queued(connection, organization_memberships.name)
     connection.execute(
-        delete(organization_memberships).where(
-            organization_memberships.c.organization_id == organization_id
-        )
+        cached_statement(connection, "delete_members", _delete_members_statement),
+        {"p_organization_id": organization_id},
     )
     drop_queued(connection, organizations.name, lambda row: row["id"] == organization_id)
-    connection.execute(delete(organizations).where(organizations.c.id == organization_id))
+    delete_by_key(
+        connection,
+        organizations.name,
+        ("delete_organization", _delete_statement),
+        {"p_id": organization_id},
+    )
+
+
+def _delete_members_statement(_connection: Connection) -> Any:
+    return delete(organization_memberships).where(
+        organization_memberships.c.organization_id == bindparam("p_organization_id")
+    )
+
+
+def _delete_statement(_connection: Connection) -> Any:
+    return delete(organizations).where(organizations.c.id == bindparam("p_id"))

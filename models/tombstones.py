@@ -19,6 +19,7 @@ from models.database import (
     least,
 )
 from models.known import MISSING, TOMBSTONES, note, recall, remembering, rows_for_pairs
+from models.queued import queue_row, write_queued
 from models.tables import tombstones
 
 ORGANIZATION: Final = "organization"
@@ -49,6 +50,7 @@ def find_tombstone(connection: Connection, entity_type: str, entity_id: str) -> 
     known = recall(connection, TOMBSTONES, (entity_type, entity_id))
     if known is not MISSING:
         return known  # type: ignore[no-any-return]
+    write_queued(connection, tombstones.name)
     row = connection.execute(
         _FIND, {"p_entity_type": entity_type, "p_entity_id": entity_id}
     ).one_or_none()
@@ -90,6 +92,7 @@ def find_two_tombstones(
     second_known = recall(connection, TOMBSTONES, second)
     if first_known is not MISSING and second_known is not MISSING:
         return first_known, second_known
+    write_queued(connection, tombstones.name)
     found = {
         (row.entity_type, row.entity_id): _tombstone(row)
         for row in connection.execute(
@@ -136,8 +139,42 @@ def bury(connection: Connection, tombstone: Tombstone) -> None:
     ``created_at`` marks which incarnation is dead (every membership created at or before it), so
     the stored value only ever grows; ``deleted_at`` keeps the earliest deletion seen, and an
     explicit deletion outranks a supersession.
+
+    In a batch that knows the stored tombstone (``knowing_tombstones``), the merge is worked out
+    here and the row queued (``models.queued``): a deletion then costs no round trip of its own.
     """
-    values = {
+    key = (tombstone.entity_type, tombstone.entity_id)
+    known = recall(connection, TOMBSTONES, key)
+    if known is not MISSING:
+        merged = widest(known, tombstone)
+        if queue_row(
+            connection, tombstones.name, key, None, _values(merged), ("bury_many", _bury_statement)
+        ):
+            note(connection, TOMBSTONES, key, merged)
+            return
+    statement = cached_statement(connection, "bury", _bury_returning_statement)
+    buried = connection.execute(statement, bound(_values(tombstone))).one()
+    # The batch's later lookups of this entity read what the statement left, not the database.
+    note(connection, TOMBSTONES, key, _tombstone(buried))
+
+
+def widest(stored: Tombstone | None, new: Tombstone) -> Tombstone:
+    """What ``_bury_statement`` leaves when it buries ``new`` over ``stored``."""
+    if stored is None:
+        return new
+    created_at = [value for value in (stored.created_at, new.created_at) if value is not None]
+    return Tombstone(
+        entity_type=stored.entity_type,
+        entity_id=stored.entity_id,
+        organization_id=stored.organization_id,
+        created_at=max(created_at) if created_at else None,
+        deleted_at=min(stored.deleted_at, new.deleted_at),
+        reason=min(stored.reason, new.reason),
+    )
+
+
+def _values(tombstone: Tombstone) -> dict[str, Any]:
+    return {
         "entity_type": tombstone.entity_type,
         "entity_id": tombstone.entity_id,
         "organization_id": tombstone.organization_id,
@@ -146,10 +183,6 @@ def bury(connection: Connection, tombstone: Tombstone) -> None:
         "reason": tombstone.reason,
         "synced_at": datetime.now(UTC),
     }
-    statement = cached_statement(connection, "bury", _bury_statement)
-    buried = connection.execute(statement, bound(values)).one()
-    # The batch's later lookups of this entity read what the statement left, not the database.
-    note(connection, TOMBSTONES, (tombstone.entity_type, tombstone.entity_id), _tombstone(buried))
 
 
 def _bury_statement(connection: Connection) -> Any:
@@ -157,7 +190,7 @@ def _bury_statement(connection: Connection) -> Any:
         bind_parameters(tombstones, [column.name for column in tombstones.columns])
     )
     excluded = statement.excluded
-    statement = statement.on_conflict_do_update(
+    return statement.on_conflict_do_update(
         index_elements=[tombstones.c.entity_type, tombstones.c.entity_id],
         set_={
             "created_at": greatest(connection, tombstones.c.created_at, excluded.created_at),
@@ -167,4 +200,7 @@ def _bury_statement(connection: Connection) -> Any:
             "synced_at": excluded.synced_at,
         },
     )
-    return statement.returning(*tombstones.columns)
+
+
+def _bury_returning_statement(connection: Connection) -> Any:
+    return _bury_statement(connection).returning(*tombstones.columns)

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete
+from sqlalchemy import Connection, bindparam, delete
 
 from models.database import bind_parameters, bound, cached_statement, insert_for, lock_user
 from models.known import HOLDERS, forget_matching
-from models.queued import drop_queued, queue_row, write_queued
+from models.queued import delete_by_key, drop_queued, queue_row, write_queued
 from models.tables import organization_memberships, users
 from models.tombstones import DELETED, USER, Tombstone, bury, find_tombstone
 
@@ -107,7 +107,18 @@ def delete_user(connection: Connection, user_id: str, deleted_at: int) -> None:
     # Written, not dropped: a queued row may move a stored membership to this user.
     write_queued(connection, organization_memberships.name)
     connection.execute(
-        delete(organization_memberships).where(organization_memberships.c.user_id == user_id)
+        cached_statement(connection, "delete_memberships_of_user", _delete_memberships_statement),
+        {"p_user_id": user_id},
     )
     drop_queued(connection, users.name, lambda row: row["id"] == user_id)
-    connection.execute(delete(users).where(users.c.id == user_id))
+    delete_by_key(connection, users.name, ("delete_user", _delete_statement), {"p_id": user_id})
+
+
+def _delete_memberships_statement(_connection: Connection) -> Any:
+    return delete(organization_memberships).where(
+        organization_memberships.c.user_id == bindparam("p_user_id")
+    )
+
+
+def _delete_statement(_connection: Connection) -> Any:
+    return delete(users).where(users.c.id == bindparam("p_id"))

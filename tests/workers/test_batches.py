@@ -41,7 +41,7 @@ from tests.factories import (
     user_data,
 )
 from tests.models.histories import ClerkHistory, Delivery
-from tests.models.support import WORKSPACE_KEY, synced_tables
+from tests.models.support import WORKSPACE_KEY, synced_tables, tombstone_rows
 from workers.app import WorkerRuntime, create_celery_app
 from workers.batches import BatchItem, prefetch_multiplier, process_batch
 from workers.processing import apply_batch, describe_event
@@ -314,6 +314,65 @@ def test_a_batchs_user_upserts_are_written_in_one_statement_as_if_one_by_one(
     assert len(starting("INSERT INTO users", statements)) == 1
     users = {row["id"]: row["first_name"] for row in synced_tables(any_runtime.engine)[2]}
     assert users == {"user_1": "v2", "user_2": "v2", "user_3": "v2"}
+
+
+def test_a_batchs_deletions_and_tombstones_are_written_together_as_if_one_by_one(
+    any_runtime: WorkerRuntime,
+) -> None:
+    """Members removed (one of them added again as a new incarnation of the same id, one only
+    after its removal arrived), users deleted (one updated after its deletion, which must not
+    bring it back), an organization deleted: the batch writes its tombstones in one statement and
+    its deletions by key in one statement per kind, and leaves the tables (tombstones included)
+    that applying each event in a batch of its own leaves."""
+    organization = organization_data("org_del", name="Deletions")
+    doomed = organization_data("org_doomed", name="Doomed")
+    members = [
+        membership_data(organization, membership_id=f"orgmem_{n}", user_id=f"user_{n}")
+        for n in range(4)
+    ]
+    setup = [event("organization.created", organization), event("organization.created", doomed)]
+    setup += [event("organizationMembership.created", member) for member in members]
+    setup += [event("user.created", user_data(f"user_{n}")) for n in range(4)]
+    later = BASE_TIME_MS + 120_000
+    again = membership_data(
+        organization, membership_id="orgmem_1", user_id="user_1", created_at=later
+    )
+    removal = {"timestamp": later - 1}
+    batch = [
+        event("organizationMembership.deleted", members[0], **removal),
+        event("organizationMembership.created", again),
+        event("organizationMembership.deleted", members[1], **removal),
+        event("user.deleted", deleted_user_data("user_2"), timestamp=later),
+        event("user.updated", user_data("user_2", first_name="Late"), timestamp=later + 1),
+        event("user.deleted", deleted_user_data("user_3"), timestamp=later),
+        event("organization.deleted", deleted_organization_data("org_doomed"), timestamp=later),
+    ]
+
+    def tables() -> tuple[Any, ...]:
+        tombstones = sorted(
+            (row["entity_type"], row["entity_id"], row["created_at"], row["deleted_at"])
+            for row in tombstone_rows(any_runtime.engine)
+        )
+        return (*synced_tables(any_runtime.engine), tombstones)
+
+    process_batch(any_runtime, [item(payload) for payload in setup])
+    for payload in batch:
+        assert process_batch(any_runtime, [item(payload)]) == ["applied"]
+    one_by_one = tables()
+    empty_tables(any_runtime.engine)
+    process_batch(any_runtime, [item(payload) for payload in setup])
+    with recording_statements(any_runtime.engine) as statements:
+        assert set(process_batch(any_runtime, [item(payload) for payload in batch])) == {"applied"}
+
+    assert tables() == one_by_one
+    assert [row["id"] for row in one_by_one[1]] == ["orgmem_1"], "the new incarnation stays"
+    assert len(starting("INSERT INTO tombstones", statements)) == 1, statements
+    assert len(starting("DELETE FROM users", statements)) == 1, statements
+    assert len(starting("DELETE FROM organizations", statements)) == 1, statements
+    membership_deletions = starting("DELETE FROM organization_memberships", statements)
+    by_id = [statement for statement in membership_deletions if ".id =" in statement]
+    assert len(by_id) == 1, statements
+    assert not [s for s in statements if s.startswith("SAVEPOINT")], statements
 
 
 def test_a_membership_replacing_a_queued_one_supersedes_it_without_savepoints(
