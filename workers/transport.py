@@ -28,7 +28,9 @@ import time
 from typing import Any, Final
 
 import redis
+from kombu.exceptions import DecodeError
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 from kombu.transport.virtual import QoS as VirtualQoS
 from kombu.utils.json import dumps
 
@@ -113,8 +115,33 @@ class QoS(kombu_redis.QoS):
         ]
 
 
+JSON_CONTENT_TYPE: Final = "application/json"
+
+
+class Message(virtual.Message):
+    """kombu's message, decoding an accepted JSON body with ``read_json`` directly: kombu's
+    serializer registry, which would call the same function, wraps every call in a context
+    manager made for the occasion (a tenth of the main process's time under a backlog)."""
+
+    def _decode(self) -> Any:
+        body, accept = self.body, self.accept
+        if (
+            self.content_type == JSON_CONTENT_TYPE
+            and accept is not None
+            and JSON_CONTENT_TYPE in accept
+            and body
+            and (self.content_encoding or "utf-8").lower() == "utf-8"
+        ):
+            try:
+                return read_json(body)
+            except Exception as error:  # kombu's registry wraps any error so
+                raise DecodeError(error) from error
+        return super()._decode()  # type: ignore[no-untyped-call]
+
+
 class Channel(kombu_redis.Channel):
     QoS = QoS
+    Message = Message
     _synchronous_client: redis.Redis[bytes] | None = None
     _fetch_script: Any = None
     _fetches = True

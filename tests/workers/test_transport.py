@@ -6,14 +6,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 import redis
-from kombu import Consumer, Queue
+from kombu import Consumer, Queue, serialization
+from kombu.exceptions import ContentDisallowed, DecodeError
 
 from clerk_sync.settings import Settings
 from ingress.queue import Publisher, QueuedEvent
 from tests.conftest import queue_length
 from workers.app import create_celery_app
-from workers.transport import Channel
+from workers.transport import Channel, Message
 
 
 def publish(settings: Settings, count: int) -> list[str]:
@@ -70,6 +72,34 @@ def test_one_brpop_brings_as_many_messages_as_the_prefetch_limit_allows(
         channel.qos.restore_unacked()
         assert redis_client.hlen("unacked") == 0
         assert queue_length(redis_client, settings.queue_name) == 40, "kombu's restore works"
+    finally:
+        connection.release()
+
+
+def test_a_message_body_decodes_as_kombus_serializer_registry_decodes_it(
+    settings: Settings, redis_client: redis.Redis[bytes]
+) -> None:
+    """The transport's messages read an accepted JSON body without kombu's registry, to the same
+    value, and refuse what kombu refuses with kombu's errors."""
+    publish(settings, 3)
+    received, _channel, connection = receive(settings, prefetch=10, rounds=1)
+    try:
+        assert len(received) == 3
+        for message in received:
+            assert isinstance(message, Message)
+            expected = serialization.loads(
+                message.body, message.content_type, message.content_encoding, accept=message.accept
+            )
+            assert message.decode() == expected
+            assert expected[0][1] == '{"type": "user.created"}'
+
+        unreadable, untrusted = received[0], received[1]
+        unreadable.body, unreadable._decoded_cache = b'[["msg_0", "{', None
+        with pytest.raises(DecodeError):
+            unreadable.decode()
+        untrusted.content_type, untrusted._decoded_cache = "application/x-python-serialize", None
+        with pytest.raises(ContentDisallowed):
+            untrusted.decode()
     finally:
         connection.release()
 
