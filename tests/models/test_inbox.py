@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, delete
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
+from models.database import is_transient
+from models.events import APPLIED, Outcome, claim_events, finish_events
 from models.tables import organizations
 from tests.factories import (
     BASE_TIME_MS,
@@ -347,3 +349,33 @@ def test_attempts_count_failed_retries_then_success(engine: Engine) -> None:
     # Giving up on an event that has since been applied changes nothing.
     dead_letter(engine, incoming, RuntimeError("late"))
     assert inbox_row(engine, incoming.svix_id) == row
+
+
+@pytest.mark.parametrize("step", ["claim", "finish"])
+def test_a_connection_lost_while_a_batch_claims_or_finishes_is_a_transient_error(
+    pg_engine: Engine, step: str
+) -> None:
+    """The batch statements PostgreSQL gets as driver SQL (binary arrays) still fail as
+    SQLAlchemy errors: a backend that went away invalidates the connection and is worth a retry,
+    like a failure of any other statement."""
+    incoming = describe_event(
+        new_svix_id(),
+        body_of(event("organization.created", organization_data("org_lost"))),
+        RECEIVED_AT_MS,
+    )
+    steps = {
+        "claim": lambda connection: claim_events(connection, [incoming]),
+        "finish": lambda connection: finish_events(
+            connection, [Outcome(incoming.svix_id, APPLIED)], attempts=1
+        ),
+    }
+    with pg_engine.connect() as connection:
+        if step == "finish":
+            claim_events(connection, [incoming])
+        backend = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        with pg_engine.connect() as other:
+            other.exec_driver_sql(f"SELECT pg_terminate_backend({int(backend)})")
+        with pytest.raises(DBAPIError) as raised:
+            steps[step](connection)
+    assert raised.value.connection_invalidated
+    assert is_transient(raised.value)
