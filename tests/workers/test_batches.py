@@ -423,6 +423,38 @@ def test_deleting_an_organization_or_a_user_removes_their_queued_memberships(
     assert members == [("org_kept", "user_b")]
 
 
+def test_a_queued_row_moving_a_membership_is_written_before_its_old_user_is_deleted(
+    any_runtime: WorkerRuntime,
+) -> None:
+    """Not something Clerk sends: an older version of a stored membership that names another
+    user, then the stored user deleted. Written one event at a time, the stale row changes
+    nothing and the deletion removes the membership; the batch, which writes its queue before
+    the deletion, ends the same."""
+    organization = organization_data("org_move", name="Move")
+    stored = membership_data(
+        organization, membership_id="orgmem_move", user_id="user_a", updated_at=BASE_TIME_MS + 9
+    )
+    stale = membership_data(
+        organization, membership_id="orgmem_move", user_id="user_b", updated_at=BASE_TIME_MS + 5
+    )
+    setup = [event("organizationMembership.created", stored)]
+    batch = [
+        event("organizationMembership.updated", stale),
+        event("user.deleted", deleted_user_data("user_a"), timestamp=BASE_TIME_MS + 10),
+    ]
+
+    process_batch(any_runtime, [item(payload) for payload in setup])
+    for payload in batch:
+        assert process_batch(any_runtime, [item(payload)]) == ["applied"]
+    one_by_one = synced_tables(any_runtime.engine)
+    empty_tables(any_runtime.engine)
+    process_batch(any_runtime, [item(payload) for payload in setup])
+    assert set(process_batch(any_runtime, [item(payload) for payload in batch])) == {"applied"}
+
+    assert synced_tables(any_runtime.engine) == one_by_one
+    assert one_by_one[1] == [], "the stale row moved nothing; the deletion removed it"
+
+
 def test_a_batchs_organizations_are_written_together_before_their_memberships(
     runtime: WorkerRuntime,
 ) -> None:
