@@ -624,8 +624,8 @@ def test_pool_process_killed_alone_has_its_task_requeued_at_once(
     event is applied long before the visibility timeout (60 s in the test settings)."""
     # A backlog long enough (seconds of work for the batched worker, which takes up to 100
     # messages per round trip) that the kills below land on running tasks before it drains:
-    # a kill can find its process idle, and the next try needs messages still in flight.
-    stream = clerk_stream(histories=80, organizations=4, events_per_history=100, seed=9)
+    # a kill can find its process between batches, and the next try needs messages in flight.
+    stream = clerk_stream(histories=120, organizations=4, events_per_history=100, seed=9)
     enqueue(stream.events)
     worker = start_worker(settings, concurrency=2)
     started = time.monotonic()
@@ -633,7 +633,7 @@ def test_pool_process_killed_alone_has_its_task_requeued_at_once(
     for _ in range(5):  # until a kill lands on a running task
         wait_for(lambda: redis_client.hlen(UNACKED_KEY) > 0, 30, 0.005)
         exits = worker.log().count("exited with")
-        os.kill(pool_processes(worker.process.pid)[0], signal.SIGKILL)
+        os.kill(busiest_pool_process(worker.process.pid), signal.SIGKILL)
         wait_for(lambda: worker.log().count("exited with") > exits, 10)  # noqa: B023
         time.sleep(0.2)
         if lost in worker.log():
@@ -670,6 +670,23 @@ def pool_processes(pid: int) -> list[int]:
             children.append(int(stat.parent.name))
     assert children, "the worker has pool processes"
     return children
+
+
+def busiest_pool_process(pid: int, window: float = 0.03) -> int:
+    """The pool process of worker ``pid`` that used the most CPU time over ``window`` seconds:
+    one applying a batch, rather than one waiting for its next."""
+
+    def cpu_ticks(child: int) -> int:
+        try:
+            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0
+        return int(fields[11]) + int(fields[12])
+
+    children = pool_processes(pid)
+    before = {child: cpu_ticks(child) for child in children}
+    time.sleep(window)
+    return max(children, key=lambda child: cpu_ticks(child) - before[child])
 
 
 def _svix_id_of_unacked(raw: bytes) -> str:
