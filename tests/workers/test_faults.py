@@ -625,12 +625,12 @@ def test_pool_process_killed_alone_has_its_task_requeued_at_once(
     # A backlog long enough (seconds of work for the batched worker, which takes up to 100
     # messages per round trip) that the kills below land on running tasks before it drains:
     # a kill can find its process between batches, and the next try needs messages in flight.
-    stream = clerk_stream(histories=120, organizations=4, events_per_history=100, seed=9)
+    stream = clerk_stream(histories=160, organizations=4, events_per_history=100, seed=9)
     enqueue(stream.events)
     worker = start_worker(settings, concurrency=2)
     started = time.monotonic()
     lost = "raised error: WorkerLostError"
-    for _ in range(5):  # until a kill lands on a running task
+    for _ in range(10):  # until a kill lands on a running task
         wait_for(lambda: redis_client.hlen(UNACKED_KEY) > 0, 30, 0.005)
         exits = worker.log().count("exited with")
         os.kill(busiest_pool_process(worker.process.pid), signal.SIGKILL)
