@@ -30,12 +30,12 @@ from models.events import APPLIED, DEAD, FINISHED, event_status
 from workers.batches import (
     BatchingTask,
     batching_options,
+    pool_optimization,
     prefetch_multiplier,
     register_runtime,
 )
 from workers.json_reading import read_broker_json_fast
 from workers.metrics import WorkerMetrics
-from workers.pool import POOL
 from workers.processing import (
     apply_with_short_retries,
     dead_letter,
@@ -101,7 +101,6 @@ def celery_configuration(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
         "worker_prefetch_multiplier": prefetch_multiplier(settings),
-        "worker_pool": POOL,
         "worker_send_task_events": True,
         "task_send_sent_event": False,
         "task_track_started": False,
@@ -138,6 +137,12 @@ def create_celery_app(settings: Settings) -> Celery:
                     "metrics server not started",
                     extra={"port": settings.worker_metrics_port, "error": str(error)},
                 )
+
+    @signals.worker_init.connect(weak=False, dispatch_uid="clerk_sync.pool_optimization")
+    def schedule_pool(sender: Any = None, **_: Any) -> None:
+        """Before the pool is built: how it hands tasks to its processes (``pool_optimization``)."""
+        if sender is not None:
+            sender.optimization = pool_optimization(settings, sender.optimization)
 
     @signals.worker_init.connect(weak=False, dispatch_uid="clerk_sync.json_reading")
     def read_messages_fast(**_: Any) -> None:

@@ -76,9 +76,7 @@ MAX_DEFERRALS: Final = 3
 FINAL_OUTCOMES: Final = frozenset({APPLIED, SKIPPED, DEAD})
 """Outcomes committed for good: the event's ledger entry can go."""
 
-SUPPORTED_POOLS: Final = frozenset(
-    {"workers.pool", "celery.concurrency.prefork", "celery.concurrency.solo"}
-)
+SUPPORTED_POOLS: Final = frozenset({"celery.concurrency.prefork", "celery.concurrency.solo"})
 """Pools whose results come back in the main process's event loop (not in other threads)."""
 
 
@@ -763,3 +761,19 @@ def prefetch_multiplier(settings: Any) -> int:
     if not batching(settings):
         return 1
     return int(2 * settings.batch_size)
+
+
+def pool_optimization(settings: Any, requested: str | None) -> str | None:
+    """The prefork pool's scheduling (Celery's ``-O``) for a worker with these settings.
+
+    Celery's default, "fair", writes a task to a pool process only once that process is idle,
+    and it finds out only after it has read the previous result and run its callback; for a
+    batch that callback acknowledges and settles a hundred messages, and the process waits
+    meanwhile (a fifth of its time, measured). With batches the worker asks for "fcfs": the
+    next batch is written to a process while it still applies the previous one, and it starts
+    on it at once. The cost of "fcfs", a task waiting behind a long one while another process
+    is idle, is small when every task is a batch of the same size. ``-O fair`` keeps Celery's
+    behaviour."""
+    if batching(settings) and requested in (None, "default"):
+        return "fcfs"
+    return requested
