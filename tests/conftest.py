@@ -177,7 +177,9 @@ class WorkerProcess:
                 "--without-gossip",
                 "--without-mingle",
             ],
-            env=settings_env(settings),
+            # Unbuffered: the tests wait on lines of the log (``ready.``, a process's exit) and
+            # must see each one when it is written, not when a buffer fills.
+            env={**settings_env(settings), "PYTHONUNBUFFERED": "1"},
             cwd=ROOT,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -243,7 +243,7 @@ class IngressServer:
                 f"--workers={workers}",
                 f"--threads={threads}",
             ],
-            env={**settings_env(settings), **(env or {})},
+            env={**settings_env(settings), "PYTHONUNBUFFERED": "1", **(env or {})},
             cwd=ROOT,
             stdout=self._log,
             stderr=subprocess.STDOUT,
