@@ -3,7 +3,7 @@
 Inside ``writing_together``, an upsert of a table that allows it (organizations, users,
 memberships, tombstones) queues its row instead of writing it, keeping per key what the
 database would keep: the newest version, or the first of equal ones (the upserts only overwrite
-an older version); a tombstone's row is already merged with the one stored (``replace``). A
+an older version); a tombstone's row comes merged with the one stored, and replaces it. A
 deletion by key whose later upserts the batch refuses anyway (they find the tombstone it
 leaves) is queued too, and runs after the table's queued rows. When the block ends, each
 table's queue is written with one ``INSERT … ON CONFLICT DO UPDATE … WHERE older`` executed for
