@@ -36,6 +36,7 @@ from workers.batches import (
 )
 from workers.json_reading import read_broker_json_fast
 from workers.metrics import WorkerMetrics
+from workers.pool import POOL
 from workers.processing import (
     apply_with_short_retries,
     dead_letter,
@@ -101,6 +102,7 @@ def celery_configuration(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
         "worker_prefetch_multiplier": prefetch_multiplier(settings),
+        "worker_pool": POOL,
         "worker_send_task_events": True,
         "task_send_sent_event": False,
         "task_track_started": False,

@@ -31,6 +31,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 from celery import Task, signals
+from celery.concurrency import prefork, solo
 from celery.utils.imports import symbol_by_name
 from celery.utils.time import timezone
 from celery.worker.request import create_request_cls
@@ -76,8 +77,9 @@ MAX_DEFERRALS: Final = 3
 FINAL_OUTCOMES: Final = frozenset({APPLIED, SKIPPED, DEAD})
 """Outcomes committed for good: the event's ledger entry can go."""
 
-SUPPORTED_POOLS: Final = frozenset({"celery.concurrency.prefork", "celery.concurrency.solo"})
-"""Pools whose results come back in the main process's event loop (not in other threads)."""
+SUPPORTED_POOLS: Final = (prefork.TaskPool, solo.TaskPool)
+"""Pools (and their subclasses, such as ``workers.pool.TaskPool``) whose results come back in the
+main process's event loop, not in other threads."""
 
 
 @dataclass(frozen=True)
@@ -333,7 +335,7 @@ class BatchingTask(Task):  # type: ignore[misc]
         if (
             self.batch_size <= 1
             or getattr(consumer, "hub", None) is None
-            or type(consumer.pool).__module__ not in SUPPORTED_POOLS
+            or not isinstance(consumer.pool, SUPPORTED_POOLS)
         ):
             return super().start_strategy(app, consumer, **kwargs)
         batcher = Batcher(self, app, consumer)

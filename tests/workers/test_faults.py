@@ -34,7 +34,8 @@ from ingress import create_app
 from ingress.queue import LEDGER_DUE_KEY
 from models.database import make_engine
 from models.tables import webhook_events
-from tests.conftest import WorkerProcess, empty_tables, queue_length, wait_for
+from tests.conftest import Send, WorkerProcess, empty_tables, queue_length, wait_for
+from tests.factories import event, organization_data
 from tests.faults import (
     IngressServer,
     RedisServer,
@@ -570,11 +571,12 @@ def test_worker_sigterm_finishes_or_returns_what_it_holds_at_once(
     finishes the tasks it runs and puts the messages it reserved back on the queue straight
     away, so nothing waits for the visibility timeout (the default 60 s of the test settings).
 
-    One batch may take longer: Celery, closing its consumer, gives up every task a pool process
-    has not reported as started, although one already written to the process's pipe still runs.
-    Its messages go back on the queue (copies of applied events, ignored when delivered again),
-    and billiard keeps that process 30 s waiting for its unread result before it lets it exit:
-    within ``docker-compose.yml``'s 60 s ``stop_grace_period``. Nothing is lost either way."""
+    Celery, closing its consumer, gives up every task a pool process has not reported as
+    started, although one already written to the process's pipe still runs: its messages go back
+    on the queue (copies of applied events, ignored when delivered again). The worker's pool
+    (``workers.pool``) finishes writing a batch it had started to write and reads results until
+    its processes exit, so the stop takes about as long as the batches in hand, not forever (a
+    half-written batch) or 30 s (a result nobody reads), as with Celery's own prefork pool."""
     stream = clerk_stream(histories=4, organizations=4, events_per_history=50, seed=7)
     events = list(stream.events)
     random.Random(7).shuffle(events)
@@ -585,8 +587,9 @@ def test_worker_sigterm_finishes_or_returns_what_it_holds_at_once(
         90,
         0.01,
     )
+    signalled = time.monotonic()
     worker.process.send_signal(signal.SIGTERM)
-    assert worker.process.wait(timeout=45) == 0
+    assert worker.process.wait(timeout=20) == 0
     stopped = time.monotonic()
     statuses = inbox_statuses(pg_engine)
     unfinished = {
@@ -607,7 +610,48 @@ def test_worker_sigterm_finishes_or_returns_what_it_holds_at_once(
         "worker-sigterm",
         events=len(events),
         finished_at_stop=finished_at_stop,
+        stopped_within_s=round(stopped - signalled, 2),
         all_finished_after_stop_s=elapsed(stopped),
+    )
+
+
+@pytest.mark.timeout(120)
+def test_worker_sigterm_while_a_batch_is_half_written_to_a_pool_process_stops_at_once(
+    settings: Settings,
+    pg_engine: Engine,
+    redis_client: redis.Redis[bytes],
+    send: Send,
+    start_worker: StartWorker,
+) -> None:
+    """Batches of large payloads (about 600 KB, ten times what a pipe holds) and one pool
+    process: while it applies a batch, the next one is written to its pipe only in part, so a
+    SIGTERM almost always finds a batch half-written. Celery's own prefork pool then never
+    stops (its process waits for the rest of the batch); ``workers.pool`` finishes the write
+    and stops once the batches in hand are done."""
+    notes = {"notes": "n" * 6000}
+    svix_ids = [
+        send(event("organization.created", organization_data(public_metadata=notes)))
+        for _ in range(1500)
+    ]
+    worker = start_worker(settings, concurrency=1)
+    wait_for(lambda: finished_count(pg_engine) >= settings.batch_size, 60, 0.005)
+    signalled = time.monotonic()
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.process.wait(timeout=20) == 0
+    stopped_within = time.monotonic() - signalled
+    statuses = inbox_statuses(pg_engine)
+    unfinished = {svix_id for svix_id in svix_ids if statuses.get(svix_id) != "applied"}
+    assert unfinished, "the backlog outlasted the stop (else nothing was in the pipe)"
+    assert redis_client.hlen(UNACKED_KEY) == 0
+    assert set(queued_svix_ids(redis_client, settings.queue_name)) >= unfinished
+
+    start_worker(settings, concurrency=1)
+    wait_for(all_finished(pg_engine, len(svix_ids)), 60, interval=0.2)
+    report(
+        "worker-sigterm-half-written",
+        events=len(svix_ids),
+        unfinished_at_stop=len(unfinished),
+        stopped_within_s=round(stopped_within, 2),
     )
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from sqlalchemy import Engine
 
 from clerk_sync.settings import Settings
@@ -89,10 +90,19 @@ def test_worker_logs_are_json_with_event_context_and_no_personal_data(
 
 
 def test_flower_shows_tasks_processed_by_a_real_worker(
-    settings: Settings, pg_engine: Engine, send: Send, start_worker: Any, tmp_path: Path
+    settings: Settings,
+    pg_engine: Engine,
+    redis_client: redis.Redis[bytes],
+    send: Send,
+    start_worker: Any,
+    tmp_path: Path,
 ) -> None:
     port = free_port()
     env = {**settings_env(settings), "FLOWER_BASIC_AUTH": "ops:correct-horse"}
+    start_worker(settings)
+    # Task events reach Flower through a Redis pattern subscription (kombu's fanout): an event
+    # published before Flower subscribed is gone, so the event is sent only once it listens.
+    patterns_before = redis_client.pubsub_numpat()
     with (tmp_path / "flower.log").open("wb") as log:
         flower = subprocess.Popen(
             [sys.executable, "-m", "clerk_sync", "flower", f"--port={port}", "--address=127.0.0.1"],
@@ -102,7 +112,7 @@ def test_flower_shows_tasks_processed_by_a_real_worker(
             stderr=subprocess.STDOUT,
         )
     try:
-        start_worker(settings)
+        wait_for(lambda: redis_client.pubsub_numpat() > patterns_before, 60)
         svix_id = send(event("organization.created", organization_data("org_flower")))
         wait_for(lambda: (row := inbox_row(pg_engine, svix_id)) and row["status"] == "applied")
         auth = "Basic " + base64.b64encode(b"ops:correct-horse").decode()
