@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, bindparam, create_engine, event, func, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+log = logging.getLogger("clerk_sync.database")
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 
@@ -19,6 +23,7 @@ def make_engine(
     *,
     lock_timeout_ms: int = 10_000,
     idle_in_transaction_timeout_ms: int = 0,
+    application_name: str | None = None,
     **engine_options: Any,
 ) -> Engine:
     """Create an engine; no connection is opened until first use.
@@ -26,8 +31,9 @@ def make_engine(
     SQLite transactions start with ``BEGIN IMMEDIATE`` so that concurrent writers queue on the
     database lock instead of failing when a read transaction is upgraded to a write. PostgreSQL
     sessions get a ``lock_timeout`` so a stuck lock surfaces as a retryable error, not a hang,
-    and, given ``idle_in_transaction_timeout_ms``, are ended by the server when their client
-    stops talking in the middle of a transaction, so the locks it holds do not outlive it.
+    and, given ``idle_in_transaction_timeout_ms``, are ended when their client stops talking in
+    the middle of a transaction, so the locks it holds do not outlive it: by the server, and,
+    given ``application_name`` too, by ``end_stalled_lock_holders`` on a lock timeout.
     Statement parameters are kept out of error messages: they hold names and email addresses,
     and errors end up in logs.
     """
@@ -48,13 +54,82 @@ def make_engine(
                 f" -c idle_in_transaction_session_timeout={idle_in_transaction_timeout_ms}"
             )
         connect_args["connect_timeout"] = 10
-    return create_engine(
+        if application_name:
+            connect_args["application_name"] = application_name
+    engine = create_engine(
         url,
         pool_pre_ping=True,
         hide_parameters=True,
         connect_args=connect_args,
         **engine_options,
     )
+    if url.startswith("postgresql") and application_name and idle_in_transaction_timeout_ms:
+        _end_stalled_lock_holders_on_lock_timeout(
+            engine, application_name, idle_in_transaction_timeout_ms
+        )
+    return engine
+
+
+LOCK_NOT_AVAILABLE = "55P03"
+"""SQLSTATE of a lock wait that ran out of ``lock_timeout``."""
+
+STALLED_LOCK_HOLDERS = text(
+    "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity AS activity "
+    "WHERE datname = current_database() AND application_name = :application_name "
+    "AND pid <> pg_backend_pid() AND xact_start IS NOT NULL AND wait_event = 'ClientRead' "
+    "AND state_change < clock_timestamp() - make_interval(secs => :stalled_after_seconds) "
+    "AND EXISTS (SELECT FROM pg_locks WHERE pg_locks.pid = activity.pid "
+    "AND locktype = 'advisory' AND granted)"
+)
+
+
+def end_stalled_lock_holders(
+    engine: Engine, application_name: str, stalled_after_ms: int
+) -> list[int]:
+    """End the sessions of ``application_name`` that hold advisory locks in a transaction and
+    have waited for their client for ``stalled_after_ms``; returns their process ids.
+
+    ``idle_in_transaction_session_timeout`` covers a client that stops between statements, but
+    PostgreSQL (before 17's ``transaction_timeout``) has no timeout for one that stops in the
+    middle of a pipeline, which is how psycopg sends an ``executemany``: a paused container
+    or a frozen process then holds its organizations' locks for good. Only sessions named
+    ``application_name`` (this service's own) are ended, on the same rule the server applies."""
+    with engine.begin() as connection:
+        rows = connection.execute(
+            STALLED_LOCK_HOLDERS,
+            {
+                "application_name": application_name,
+                "stalled_after_seconds": stalled_after_ms / 1000,
+            },
+        ).all()
+    return [int(row.pid) for row in rows]
+
+
+def _end_stalled_lock_holders_on_lock_timeout(
+    engine: Engine, application_name: str, stalled_after_ms: int
+) -> None:
+    """After a lock wait times out, end the stalled sessions that may hold the lock (at most
+    once a second per engine: each waiter of a contended lock times out on its own)."""
+    last_check = [-1.0]
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context: Any) -> None:
+        if getattr(context.original_exception, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+            return
+        now = time.monotonic()
+        if now - last_check[0] < 1.0:
+            return
+        last_check[0] = now
+        try:
+            ended = end_stalled_lock_holders(engine, application_name, stalled_after_ms)
+        except SQLAlchemyError as error:
+            log.warning("stalled lock holders not checked", extra={"error": type(error).__name__})
+            return
+        if ended:
+            log.warning(
+                "ended database sessions stalled in a transaction while holding locks",
+                extra={"pids": ended, "stalled_after_ms": stalled_after_ms},
+            )
 
 
 def _use_immediate_transactions(engine: Engine) -> None:

@@ -9,7 +9,7 @@ import threading
 import time
 from datetime import timedelta
 from functools import cached_property
-from typing import Any
+from typing import Any, Final
 
 import structlog
 from celery import Celery, Task, signals
@@ -48,6 +48,10 @@ from workers.transport import TRANSPORT
 
 log = logging.getLogger("clerk_sync.worker")
 
+WORKER_APPLICATION_NAME: Final = "clerk-sync-worker"
+"""The workers' PostgreSQL sessions' ``application_name``: in ``pg_stat_activity``, and the
+sessions ``models.database.end_stalled_lock_holders`` may end."""
+
 SWEEP_BATCH = 500
 
 
@@ -64,6 +68,7 @@ class WorkerRuntime:
             self.settings.database_url,
             lock_timeout_ms=self.settings.db_lock_timeout_ms,
             idle_in_transaction_timeout_ms=self.settings.db_idle_in_transaction_timeout_ms,
+            application_name=WORKER_APPLICATION_NAME,
         )
 
     @cached_property

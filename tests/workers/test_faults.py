@@ -360,17 +360,25 @@ def test_database_outage_longer_than_the_retry_budget_is_recovered_by_the_ledger
 IDLE_LOCK_HOLDERS = text(
     "SELECT count(*) FROM pg_locks JOIN pg_stat_activity USING (pid) "
     "WHERE locktype = 'advisory' AND granted AND datname = current_database() "
-    "AND state = 'idle in transaction'"
+    "AND xact_start IS NOT NULL AND wait_event = 'ClientRead'"
 )
 """Sessions of this test database that hold an advisory (organization) lock and wait, inside a
-transaction, for their client."""
+transaction, for their client: between two statements, or in the middle of a pipeline."""
 STUCK_LOCK_HOLDERS = text(
     "SELECT count(*) FROM pg_locks JOIN pg_stat_activity USING (pid) "
     "WHERE locktype = 'advisory' AND granted AND datname = current_database() "
-    "AND state = 'idle in transaction' AND state_change < now() - interval '1 second'"
+    "AND xact_start IS NOT NULL AND wait_event = 'ClientRead' "
+    "AND state_change < clock_timestamp() - interval '1 second'"
 )
 """``IDLE_LOCK_HOLDERS`` that have waited for over a second: a frozen client, not a working
-worker between two statements of its batch."""
+worker between two statements of its batch. (Each check needs a transaction of its own:
+``pg_stat_activity`` is read once per transaction.)"""
+
+
+def count(engine: Engine, query: Any) -> int:
+    """``query``'s count, read in a transaction of its own."""
+    with engine.connect() as connection:
+        return int(connection.execute(query).scalar_one())
 
 
 @pytest.fixture
@@ -397,12 +405,15 @@ def test_frozen_worker_holding_an_organization_lock_does_not_block_it(
 ) -> None:
     """A worker stops dead in the middle of a transaction while it holds organization locks
     (SIGSTOP to its process group here; in production a paused container, a stalled VM, a
-    network that silently drops its packets). PostgreSQL ends that session after
-    ``CLERK_SYNC_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS`` (5 s here), which releases the locks, so
-    another worker, after a few lock timeouts, applies the organizations' later events instead
-    of timing out on the locks until they are dead-lettered. The frozen worker, resumed,
-    retries; nothing is applied twice. Without the timeout, the locks stay held until PostgreSQL
-    notices the dead client (TCP keepalive: two hours by default)."""
+    network that silently drops its packets). Its session is ended once it has waited for its
+    client for ``CLERK_SYNC_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS`` (5 s here): by PostgreSQL
+    between two statements, and by the other worker, on a lock timeout, in the middle of a
+    pipeline (an ``executemany``; ``models.database.end_stalled_lock_holders``), where
+    PostgreSQL 15 has no timeout. That releases the locks, so the other worker, after a few
+    lock timeouts, applies the organizations' later events instead of timing out on the locks
+    until they are dead-lettered. The frozen worker, resumed, retries; nothing is applied twice.
+    Without the timeout, the locks stay held until PostgreSQL notices the dead client (TCP
+    keepalive: two hours by default), and a frozen process's for good."""
     settings = replace(settings, max_retries=6)
     worker_env({"CLERK_SYNC_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS": "5000"})
     stream = clerk_stream(
@@ -418,9 +429,8 @@ def test_frozen_worker_holding_an_organization_lock_does_not_block_it(
     for _attempt in range(300):
         os.killpg(group, signal.SIGSTOP)
         time.sleep(0.05)
-        with pg_engine.connect() as connection:
-            if connection.execute(IDLE_LOCK_HOLDERS).scalar_one():
-                break
+        if count(pg_engine, IDLE_LOCK_HOLDERS):
+            break
         os.killpg(group, signal.SIGCONT)
         time.sleep(random.uniform(0, 0.02))
     else:
@@ -430,8 +440,7 @@ def test_frozen_worker_holding_an_organization_lock_does_not_block_it(
     try:
         enqueue(later)  # the same organizations and users
         other = start_worker(settings, concurrency=2)
-        with pg_engine.connect() as connection:
-            wait_for(lambda: connection.execute(STUCK_LOCK_HOLDERS).scalar_one() == 0, 15)
+        wait_for(lambda: count(pg_engine, STUCK_LOCK_HOLDERS) == 0, 15)
         released_after = elapsed(frozen_at)
         # The later events are applied by the other worker, but one: the frozen worker's
         # pending BRPOP took it off the queue as the first arrived, and holds it unread.
@@ -455,6 +464,7 @@ def test_frozen_worker_holding_an_organization_lock_does_not_block_it(
         lock_released_after_s=released_after,
         later_events_applied_after_s=others_applied_after,
         lock_timeouts_of_the_other_worker=len(list(lines(other.log(), "LockNotAvailable"))),
+        sessions_ended_by_the_other_worker=len(list(lines(other.log(), "sessions stalled"))),
     )
 
 
