@@ -23,9 +23,18 @@ DESCRIPTION = (
     "{seconds:g} s per run to `clerk-sync ingress --workers {workers} --threads {threads}` "
     "(gthread), which verifies each signature and publishes a Celery task message (and ledger "
     "entry) to the real Redis broker. Baseline: the same command and gunicorn configuration "
-    "serving a bare Flask view that reads the body and answers 204. Runs alternate between the "
-    "two ({repeats} each, after a warm-up)."
+    "serving a bare Flask view that reads the body and answers 204; for reference, a floor: "
+    "that view plus one Redis round trip. Runs alternate between the three ({repeats} each, "
+    "after a warm-up)."
 )
+
+
+LABELS = ("bare", "floor", "ingress")
+TITLES = {
+    "bare": "bare Flask 204",
+    "floor": "floor (bare + one Redis round trip)",
+    "ingress": "clerk-sync ingress",
+}
 
 
 def run(context: Context) -> BenchResult:
@@ -48,7 +57,7 @@ def run(context: Context) -> BenchResult:
     context.services.flush_redis()
 
     servers: dict[str, Server] = {}
-    for label, bare in (("bare", True), ("ingress", False)):
+    for label in LABELS:
         servers[label] = start_ingress(
             context.supervisor,
             context.services,
@@ -57,22 +66,13 @@ def run(context: Context) -> BenchResult:
             work_dir=context.work_dir,
             workers=plan.ingress_workers,
             threads=plan.ingress_threads,
-            bare=bare,
+            app=label,
         )
     _probe(servers, events[0])
 
-    rps = {
-        "bare": result.measure("bare Flask 204", "req/s"),
-        "ingress": result.measure("clerk-sync ingress", "req/s"),
-    }
-    p50 = {
-        "bare": result.measure("bare Flask 204 p50", "ms", "lower"),
-        "ingress": result.measure("clerk-sync ingress p50", "ms", "lower"),
-    }
-    p99 = {
-        "bare": result.measure("bare Flask 204 p99", "ms", "lower"),
-        "ingress": result.measure("clerk-sync ingress p99", "ms", "lower"),
-    }
+    rps = {label: result.measure(TITLES[label], "req/s") for label in LABELS}
+    p50 = {label: result.measure(f"{TITLES[label]} p50", "ms", "lower") for label in LABELS}
+    p99 = {label: result.measure(f"{TITLES[label]} p99", "ms", "lower") for label in LABELS}
     runs: list[dict[str, Any]] = []
     cpu_windows: dict[str, list[dict[str, float]]] = {}
     redis = redis_server(context.services)
@@ -100,13 +100,13 @@ def run(context: Context) -> BenchResult:
             raise BenchError(f"{label}: wrk saw errors {outcome.errors}")
         return outcome
 
-    for label in ("bare", "ingress"):
+    for label in LABELS:
         context.say(f"ingress: warm-up {label}")
         one_run(label, plan.ingress_warmup_seconds)
     cpu_windows.clear()
     for repeat in range(plan.ingress_repeats):
-        # Alternate which goes first, so a drift in the machine's load hits both alike.
-        order = ("bare", "ingress") if repeat % 2 == 0 else ("ingress", "bare")
+        # Alternate the order, so a drift in the machine's load hits all alike.
+        order = LABELS if repeat % 2 == 0 else LABELS[::-1]
         for label in order:
             outcome = one_run(label, plan.ingress_seconds)
             rps[label].add(outcome.requests_per_second)
@@ -137,6 +137,13 @@ def run(context: Context) -> BenchResult:
     result.ratios.append(Ratio("throughput (req/s)", rps["ingress"], rps["bare"], ">= 0.5"))
     result.ratios.append(Ratio("p99 latency", p99["ingress"], p99["bare"], "<= 2.0"))
     result.ratios.append(Ratio("p50 latency", p50["ingress"], p50["bare"]))
+    result.ratios.append(Ratio("floor throughput (req/s)", rps["floor"], rps["bare"]))
+    result.ratios.append(Ratio("ingress/floor throughput", rps["ingress"], rps["floor"]))
+    result.notes.append(
+        "Floor: the bare endpoint plus one Redis round trip (LPUSH of the body, answered 202), "
+        "the least an ingress that enqueues before it answers must do; its ratio to bare "
+        "Flask bounds what the ingress can reach on this machine."
+    )
 
     if context.profile:
         result.details["profile"] = _profile(context, servers["ingress"], one_run)
@@ -149,7 +156,7 @@ def run(context: Context) -> BenchResult:
 def _probe(servers: dict[str, Server], event: Event) -> None:
     """One request each: the bare endpoint must answer 204 and the ingress 202."""
     headers = Signer().headers(event)
-    for label, expected in (("bare", 204), ("ingress", 202)):
+    for label, expected in (("bare", 204), ("floor", 202), ("ingress", 202)):
         status = http_status(
             servers[label].url + WEBHOOK_PATH, "POST", event.body.encode(), headers
         )

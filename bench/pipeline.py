@@ -248,18 +248,18 @@ def start_ingress(
     work_dir: Path,
     workers: int,
     threads: int,
-    bare: bool = False,
+    app: str = "ingress",
     database_url: str = "sqlite://",
 ) -> Server:
-    """``clerk-sync ingress`` on a free loopback port (``bare``: the same command serving
-    ``bench.bare``'s 204 endpoint instead of the webhook app), answering ``/healthz``."""
+    """``clerk-sync ingress`` on a free loopback port, answering ``/healthz``; ``app`` "bare"
+    or "floor": the same command serving ``bench.bare``'s endpoint instead of the webhook app."""
     port = free_port()
     options = [f"--bind=127.0.0.1:{port}", f"--workers={workers}", f"--threads={threads}"]
-    command = (
-        python_command("-m", "bench.bare", *options)
-        if bare
-        else python_command("-m", "clerk_sync", "ingress", *options)
-    )
+    if app == "ingress":
+        command = python_command("-m", "clerk_sync", "ingress", *options)
+    else:
+        extra = ["--floor"] if app == "floor" else []
+        command = python_command("-m", "bench.bare", *options, *extra)
     env = clerk_sync_env(services, database_url, queue=queue, metrics_dir=work_dir / f"m-{name}")
     child = supervisor.start(name, command, env)
     url = f"http://127.0.0.1:{port}"
