@@ -74,7 +74,7 @@ LOCK_NOT_AVAILABLE = "55P03"
 """SQLSTATE of a lock wait that ran out of ``lock_timeout``."""
 
 STALLED_LOCK_HOLDERS = text(
-    "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity AS activity "
+    "SELECT pid, pg_terminate_backend(pid) AS ended FROM pg_stat_activity AS activity "
     "WHERE datname = current_database() AND application_name = :application_name "
     "AND pid <> pg_backend_pid() AND xact_start IS NOT NULL AND wait_event = 'ClientRead' "
     "AND state_change < clock_timestamp() - make_interval(secs => :stalled_after_seconds) "
@@ -102,7 +102,7 @@ def end_stalled_lock_holders(
                 "stalled_after_seconds": stalled_after_ms / 1000,
             },
         ).all()
-    return [int(row.pid) for row in rows]
+    return [int(row.pid) for row in rows if row.ended]
 
 
 def _end_stalled_lock_holders_on_lock_timeout(
