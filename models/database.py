@@ -110,16 +110,17 @@ def _end_stalled_lock_holders_on_lock_timeout(
 ) -> None:
     """After a lock wait times out, end the stalled sessions that may hold the lock (at most
     once a second per engine: each waiter of a contended lock times out on its own)."""
-    last_check = [-1.0]
+    last_check = -1.0
 
     @event.listens_for(engine, "handle_error")
     def _on_error(context: Any) -> None:
+        nonlocal last_check
         if getattr(context.original_exception, "sqlstate", None) != LOCK_NOT_AVAILABLE:
             return
         now = time.monotonic()
-        if now - last_check[0] < 1.0:
+        if now - last_check < 1.0:
             return
-        last_check[0] = now
+        last_check = now
         try:
             ended = end_stalled_lock_holders(engine, application_name, stalled_after_ms)
         except SQLAlchemyError as error:
