@@ -15,10 +15,10 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, delete, or_, select, text, tuple_
 
 from models.database import (
-    bind_parameters,
     bound,
     cached_statement,
-    insert_for,
+    insert_row,
+    insert_rows,
     lock_organization,
     lock_user,
 )
@@ -201,10 +201,18 @@ COLUMNS = tuple(column.name for column in organization_memberships.columns)
 
 
 def _upsert_many_statement(connection: Connection) -> Any:
+    return _upserting(insert_rows(connection, organization_memberships, COLUMNS))
+
+
+def _upsert_statement(connection: Connection) -> Any:
+    """``_upsert_many_statement`` for one row, saying whether it was written."""
+    # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT DO UPDATE.
+    statement = _upserting(insert_row(connection, organization_memberships, COLUMNS))
+    return statement.returning(organization_memberships.c.id)
+
+
+def _upserting(statement: Any) -> Any:
     """Insert, or overwrite a row holding an older version (``created_at``, ``updated_at``)."""
-    statement = insert_for(connection, organization_memberships).values(
-        bind_parameters(organization_memberships, COLUMNS)
-    )
     incoming = statement.excluded
     current = organization_memberships.c
     return statement.on_conflict_do_update(
@@ -217,12 +225,6 @@ def _upsert_many_statement(connection: Connection) -> Any:
             ),
         ),
     )
-
-
-def _upsert_statement(connection: Connection) -> Any:
-    """``_upsert_many_statement`` for one row, saying whether it was written."""
-    # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT DO UPDATE.
-    return _upsert_many_statement(connection).returning(organization_memberships.c.id)
 
 
 def delete_membership(

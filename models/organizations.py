@@ -11,10 +11,10 @@ from typing import Any, Final
 from sqlalchemy import Connection, bindparam, delete, select, text
 
 from models.database import (
-    bind_parameters,
     bound,
     cached_statement,
-    insert_for,
+    insert_row,
+    insert_rows,
     lock_organization,
 )
 from models.known import (
@@ -132,21 +132,23 @@ COLUMNS = tuple(column.name for column in organizations.columns)
 
 
 def _upsert_many_statement(connection: Connection) -> Any:
-    """Insert, or overwrite a row holding an older version (``updated_at``)."""
-    statement = insert_for(connection, organizations).values(
-        bind_parameters(organizations, COLUMNS)
-    )
-    return statement.on_conflict_do_update(
-        index_elements=[organizations.c.id],
-        set_={name: statement.excluded[name] for name in COLUMNS if name != "id"},
-        where=organizations.c.updated_at < statement.excluded.updated_at,
-    )
+    return _upserting(insert_rows(connection, organizations, COLUMNS))
 
 
 def _upsert_statement(connection: Connection) -> Any:
     """``_upsert_many_statement`` for one row, saying whether it was written."""
     # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT DO UPDATE.
-    return _upsert_many_statement(connection).returning(organizations.c.id)
+    statement = _upserting(insert_row(connection, organizations, COLUMNS))
+    return statement.returning(organizations.c.id)
+
+
+def _upserting(statement: Any) -> Any:
+    """Insert, or overwrite a row holding an older version (``updated_at``)."""
+    return statement.on_conflict_do_update(
+        index_elements=[organizations.c.id],
+        set_={name: statement.excluded[name] for name in COLUMNS if name != "id"},
+        where=organizations.c.updated_at < statement.excluded.updated_at,
+    )
 
 
 def delete_organization(connection: Connection, organization_id: str, deleted_at: int) -> None:

@@ -6,8 +6,8 @@ database would keep: the newest version, or the first of equal ones (the upserts
 an older version); a tombstone's row comes merged with the one stored, and replaces it. A
 deletion by key whose later upserts the batch refuses anyway (they find the tombstone it
 leaves) is queued too, and runs after the table's queued rows. When the block ends, each
-table's queue is written with one ``INSERT … ON CONFLICT DO UPDATE … WHERE older`` executed for
-all its rows at once (psycopg pipelines them), then its queued deletions, the organizations
+table's queue is written with one ``INSERT … ON CONFLICT DO UPDATE … WHERE older`` for all its
+rows (``models.database.insert_rows``), then its queued deletions, the organizations
 before the memberships that reference them. Meanwhile, whatever reads such rows, or deletes
 them by anything but their key, writes their queue first (``write_queued``), and a deletion by
 key drops the queued rows it would have deleted (``drop_queued``), so every statement and the
@@ -25,7 +25,7 @@ from typing import Any, Final
 
 from sqlalchemy import Connection
 
-from models.database import bound, cached_statement
+from models.database import cached_statement, rows_parameters
 
 QUEUES: Final = "clerk_sync.queued_rows"
 """``Connection.info`` key: table name → its ``Queue``, inside ``writing_together``."""
@@ -144,7 +144,7 @@ def _write(connection: Connection, queues: dict[str, Queue], table: str) -> None
     for required in queue.requires:
         _write(connection, queues, required)
     if queue.rows and queue.upsert is not None:
-        parameters = [bound(values) for _, values in queue.rows.values()]
+        parameters = rows_parameters(connection, [values for _, values in queue.rows.values()])
         queue.rows.clear()
         connection.execute(cached_statement(connection, *queue.upsert), parameters)
     deletions = list(queue.deletions.items())

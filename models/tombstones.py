@@ -11,11 +11,11 @@ from typing import Any, Final
 from sqlalchemy import Connection, and_, bindparam, or_, select, text, tuple_
 
 from models.database import (
-    bind_parameters,
     bound,
     cached_statement,
     greatest,
-    insert_for,
+    insert_row,
+    insert_rows,
     least,
 )
 from models.known import MISSING, TOMBSTONES, note, recall, remembering, rows_for_pairs
@@ -147,9 +147,8 @@ def bury(connection: Connection, tombstone: Tombstone) -> None:
     known = recall(connection, TOMBSTONES, key)
     if known is not MISSING:
         merged = widest(known, tombstone)
-        if queue_row(
-            connection, tombstones.name, key, None, _values(merged), ("bury_many", _bury_statement)
-        ):
+        many = ("bury_many", _bury_many_statement)
+        if queue_row(connection, tombstones.name, key, None, _values(merged), many):
             note(connection, TOMBSTONES, key, merged)
             return
     statement = cached_statement(connection, "bury", _bury_returning_statement)
@@ -159,7 +158,7 @@ def bury(connection: Connection, tombstone: Tombstone) -> None:
 
 
 def widest(stored: Tombstone | None, new: Tombstone) -> Tombstone:
-    """What ``_bury_statement`` leaves when it buries ``new`` over ``stored``."""
+    """What ``_burying`` leaves when it buries ``new`` over ``stored``."""
     if stored is None:
         return new
     created_at = [value for value in (stored.created_at, new.created_at) if value is not None]
@@ -185,10 +184,20 @@ def _values(tombstone: Tombstone) -> dict[str, Any]:
     }
 
 
-def _bury_statement(connection: Connection) -> Any:
-    statement = insert_for(connection, tombstones).values(
-        bind_parameters(tombstones, [column.name for column in tombstones.columns])
-    )
+COLUMNS: Final = tuple(column.name for column in tombstones.columns)
+
+
+def _bury_many_statement(connection: Connection) -> Any:
+    return _burying(connection, insert_rows(connection, tombstones, COLUMNS))
+
+
+def _bury_returning_statement(connection: Connection) -> Any:
+    statement = _burying(connection, insert_row(connection, tombstones, COLUMNS))
+    return statement.returning(*tombstones.columns)
+
+
+def _burying(connection: Connection, statement: Any) -> Any:
+    """Insert the tombstone, or merge it into the one stored."""
     excluded = statement.excluded
     return statement.on_conflict_do_update(
         index_elements=[tombstones.c.entity_type, tombstones.c.entity_id],
@@ -200,7 +209,3 @@ def _bury_statement(connection: Connection) -> Any:
             "synced_at": excluded.synced_at,
         },
     )
-
-
-def _bury_returning_statement(connection: Connection) -> Any:
-    return _bury_statement(connection).returning(*tombstones.columns)

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete
 
-from models.database import bind_parameters, bound, cached_statement, insert_for, lock_user
+from models.database import bound, cached_statement, insert_row, insert_rows, lock_user
 from models.known import HOLDERS, forget_matching
 from models.queued import delete_by_key, drop_queued, queue_row, write_queued
 from models.tables import organization_memberships, users
@@ -72,19 +72,22 @@ COLUMNS = tuple(column.name for column in users.columns)
 
 
 def _upsert_many_statement(connection: Connection) -> Any:
-    """Insert, or overwrite a row holding an older version (``updated_at``)."""
-    statement = insert_for(connection, users).values(bind_parameters(users, COLUMNS))
-    return statement.on_conflict_do_update(
-        index_elements=[users.c.id],
-        set_={name: statement.excluded[name] for name in COLUMNS if name != "id"},
-        where=users.c.updated_at < statement.excluded.updated_at,
-    )
+    return _upserting(insert_rows(connection, users, COLUMNS))
 
 
 def _upsert_statement(connection: Connection) -> Any:
     """``_upsert_many_statement`` for one row, saying whether it was written."""
     # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT DO UPDATE.
-    return _upsert_many_statement(connection).returning(users.c.id)
+    return _upserting(insert_row(connection, users, COLUMNS)).returning(users.c.id)
+
+
+def _upserting(statement: Any) -> Any:
+    """Insert, or overwrite a row holding an older version (``updated_at``)."""
+    return statement.on_conflict_do_update(
+        index_elements=[users.c.id],
+        set_={name: statement.excluded[name] for name in COLUMNS if name != "id"},
+        where=users.c.updated_at < statement.excluded.updated_at,
+    )
 
 
 def delete_user(connection: Connection, user_id: str, deleted_at: int) -> None:

@@ -1,19 +1,26 @@
 """Sessions that stall in the middle of a transaction while they hold organization locks, on
 PostgreSQL: a stalled client is simulated by a psycopg ``executemany`` whose parameters stop
-coming half-way (the pipeline a frozen worker leaves open)."""
+coming half-way (the pipeline a frozen worker leaves open). And ``dump_json``, the JSON text
+PostgreSQL gets."""
 
 from __future__ import annotations
 
+import json
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
-from models.database import end_stalled_lock_holders, lock_organization, make_engine
+from models.database import dump_json, end_stalled_lock_holders, lock_organization, make_engine
 from tests.conftest import wait_for
 
 APPLICATION = "clerk-sync-test-worker"
@@ -135,3 +142,32 @@ def test_stalled_sessions_of_other_applications_or_not_yet_stalled_long_enough_a
     assert other.error is None
     assert waits_for_client(postgres_url, other.pid)
     engine.dispose()
+
+
+JSON_DOCUMENTS = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(document=JSON_DOCUMENTS)
+def test_dump_json_writes_any_json_document_as_json_dumps_reads(document: Any) -> None:
+    """orjson's text, or ``json.dumps``'s where orjson refuses (integers beyond 64 bits): either
+    reads back as the document."""
+    assert json.loads(dump_json(document)) == document
+
+
+def test_dump_json_writes_dates_in_iso_8601_and_what_json_cannot_hold_as_null() -> None:
+    written = datetime(2026, 11, 27, 12, 30, 1, 250000, tzinfo=UTC)
+    iso = "2026-11-27T12:30:01.250000+00:00"
+    assert json.loads(dump_json([{"at": written}])) == [{"at": iso}]
+    assert json.loads(dump_json({"at": written, "big": 2**70})) == {"at": iso, "big": 2**70}
+    assert json.loads(dump_json({"nan": math.nan, "infinite": -math.inf})) == {
+        "nan": None,
+        "infinite": None,
+    }

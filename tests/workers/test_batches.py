@@ -15,11 +15,12 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import redis
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import HealthCheck, example, given, note, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select
 from sqlalchemy import event as sqlalchemy_event
@@ -27,7 +28,13 @@ from sqlalchemy import event as sqlalchemy_event
 from clerk_sync.settings import Settings, SettingsError
 from ingress.queue import LEDGER_DUE_KEY, Publisher, QueuedEvent
 from models.database import lock_organization
-from models.tables import organization_memberships, organizations, webhook_events
+from models.tables import (
+    organization_memberships,
+    organizations,
+    tombstones,
+    users,
+    webhook_events,
+)
 from tests.conftest import empty_tables, inbox_row, queue_length, wait_for
 from tests.factories import (
     BASE_TIME_MS,
@@ -44,7 +51,7 @@ from tests.models.histories import ClerkHistory, Delivery
 from tests.models.support import WORKSPACE_KEY, synced_tables, tombstone_rows
 from workers.app import WorkerRuntime, create_celery_app
 from workers.batches import BatchItem, prefetch_multiplier, process_batch
-from workers.processing import apply_batch, describe_event
+from workers.processing import apply_batch, apply_event, describe_event
 
 RECEIVED_AT_MS = 1_800_000_000_000
 
@@ -314,6 +321,118 @@ def test_a_batchs_user_upserts_are_written_in_one_statement_as_if_one_by_one(
     assert len(starting("INSERT INTO users", statements)) == 1
     users = {row["id"]: row["first_name"] for row in synced_tables(any_runtime.engine)[2]}
     assert users == {"user_1": "v2", "user_2": "v2", "user_3": "v2"}
+
+
+STORABLE_TEXT = st.text(
+    # PostgreSQL's text holds neither NUL nor lone surrogates.
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+    max_size=12,
+)
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    # Below 1e16: PostgreSQL's jsonb writes a float beyond as an integer (6.2e16 as 62...0).
+    | st.floats(allow_nan=False, allow_infinity=False, min_value=-1e15, max_value=1e15)
+    | STORABLE_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(STORABLE_TEXT, inner, max_size=3),
+    max_leaves=8,
+)
+METADATA = st.dictionaries(STORABLE_TEXT, JSON_VALUES, max_size=3)
+
+
+def test_a_batch_writes_any_text_and_metadata_as_applying_each_event_alone_does(
+    any_runtime: WorkerRuntime,
+) -> None:
+    """Names, e-mail addresses and metadata of any characters, integers beyond 64 bits, floats
+    and nesting: a batch's rows (on PostgreSQL, one JSON document per table) and its tombstones
+    hold what applying each event in a transaction of its own (one statement per row) leaves,
+    and ``synced_at`` is the time of writing."""
+    engine = any_runtime.engine
+
+    @settings(
+        max_examples=20,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+        database=None,
+    )
+    @given(
+        texts=st.lists(STORABLE_TEXT, min_size=8, max_size=8),
+        metadata=st.lists(METADATA, min_size=3, max_size=3),
+    )
+    @example(
+        texts=['"quoted"', "back\\slash", "{braces}", "ünïcødé ✓ 𝄞", "new\nline", "'", "", "%s"],
+        metadata=[
+            {"beyond 64 bits": 2**70, "float": 0.1, "nested": [{"a": [None, True]}]},
+            {"negative": -(2**65), "tiny": 5e-324},
+            {"": "", "emoji": "😀"},
+        ],
+    )
+    def written_alike(texts: list[str], metadata: list[dict[str, Any]]) -> None:
+        # A name is required (an empty one makes a poison event): "x" + any text.
+        organization = organization_data(
+            name="x" + texts[0], slug=texts[1], public_metadata=metadata[0]
+        )
+        deleted = organization_data(name="x" + texts[2])
+        user = user_data(
+            first_name=texts[3], last_name=texts[4], username=texts[5], public_metadata=metadata[1]
+        )
+        member = membership_data(
+            organization,
+            user_id=user["id"],
+            first_name=texts[6],
+            identifier=texts[7],
+            public_metadata=metadata[2],
+        )
+        payloads = [
+            event("organization.created", organization),
+            event("organization.created", deleted),
+            event("user.created", user),
+            event("organizationMembership.created", member),
+            event("organization.deleted", deleted_organization_data(deleted["id"])),
+        ]
+        events = [describe_event(new_svix_id(), body_of(p), RECEIVED_AT_MS) for p in payloads]
+
+        empty_tables(engine)
+        for alone in events:
+            assert apply_event(engine, alone, WORKSPACE_KEY) == "applied"
+        expected = (synced_tables(engine), tombstone_rows(engine))
+
+        empty_tables(engine)
+        before = datetime.now(UTC)
+        with recording_statements(engine) as statements:
+            results = apply_batch(engine, events, WORKSPACE_KEY)
+        after = datetime.now(UTC)
+        assert {result.status for result in results.values()} == {"applied"}
+        # Written together, not applied again event by event after a failure.
+        assert not starting("SAVEPOINT", statements), statements
+        for table in (organizations, organization_memberships, users, tombstones):
+            assert len(starting(f"INSERT INTO {table.name} ", statements)) == 1, statements
+        assert (synced_tables(engine), tombstone_rows(engine)) == expected
+        stored_organizations, stored_memberships, stored_users = expected[0]
+        assert [(o["name"], o["slug"], o["public_metadata"]) for o in stored_organizations] == [
+            ("x" + texts[0], texts[1], metadata[0])
+        ]
+        assert [(u["first_name"], u["last_name"], u["username"]) for u in stored_users] == [
+            (texts[3], texts[4], texts[5])
+        ]
+        assert stored_users[0]["public_metadata"] == metadata[1]
+        assert [(m["first_name"], m["identifier"]) for m in stored_memberships] == [
+            (texts[6], texts[7])
+        ]
+        assert stored_memberships[0]["public_metadata"] == metadata[2]
+        with engine.connect() as connection:
+            synced = [
+                connection.scalar(select(table.c.synced_at).limit(1))
+                for table in (organizations, organization_memberships, users, tombstones)
+            ]
+        for synced_at in synced:
+            assert synced_at is not None
+            if synced_at.tzinfo is None:  # SQLite keeps no offset; the time is UTC.
+                synced_at = synced_at.replace(tzinfo=UTC)
+            assert before <= synced_at <= after
+
+    written_alike()
 
 
 def test_a_batchs_deletions_and_tombstones_are_written_together_as_if_one_by_one(
