@@ -69,7 +69,18 @@ CLAIM_CHUNK: Final = 500
 """Rows per statement when many events are claimed at once (well inside parameter limits)."""
 
 
-def claim_events(connection: Connection, events: Sequence[IncomingEvent]) -> dict[str, str]:
+@dataclass(frozen=True)
+class Claims:
+    """What ``claim_events`` found: each event's status by svix id (``received`` for a row the
+    claim inserted), and the rows it inserted as already applied (``presume_applied``)."""
+
+    statuses: dict[str, str]
+    presumed: frozenset[str] = frozenset()
+
+
+def claim_events(
+    connection: Connection, events: Sequence[IncomingEvent], *, presume_applied: bool = False
+) -> Claims:
     """``claim_event`` for many events in one go: record the new ones, lock every row and return
     each event's current status by svix id.
 
@@ -79,12 +90,22 @@ def claim_events(connection: Connection, events: Sequence[IncomingEvent]) -> dic
     common case of no earlier copies just the first). Two transactions claiming overlapping
     sets (copies of the same events on two workers) therefore wait for each other instead of
     deadlocking.
+
+    With ``presume_applied`` the new rows are inserted as the caller expects to finish them,
+    ``applied`` after one attempt, and ``finish_events`` (given ``Claims.presumed``) changes only
+    those that end otherwise. Other transactions only ever see a row as committed, so this
+    differs from inserting ``received`` and updating every row in nothing but cost: the update
+    rewrites the row and all its index entries (``status`` is indexed), which cost PostgreSQL
+    more per event than the insert.
     """
     unique = sorted({event.svix_id: event for event in events}.values(), key=_svix_id)
     chunks = [unique[start : start + CLAIM_CHUNK] for start in range(0, len(unique), CLAIM_CHUNK)]
     statuses: dict[str, str] = {}
     for chunk in chunks:
-        statuses.update(dict.fromkeys(_insert_new(connection, chunk), RECEIVED))
+        statuses.update(
+            dict.fromkeys(_insert_new(connection, chunk, presume_applied=presume_applied), RECEIVED)
+        )
+    presumed = frozenset(statuses) if presume_applied else frozenset()
     existing = [event.svix_id for event in unique if event.svix_id not in statuses]
     for start in range(0, len(existing), CLAIM_CHUNK):
         rows = connection.execute(
@@ -94,14 +115,15 @@ def claim_events(connection: Connection, events: Sequence[IncomingEvent]) -> dic
             .with_for_update()
         )
         statuses.update({str(row.svix_id): str(row.status) for row in rows})
-    return statuses
+    return Claims(statuses, presumed)
 
 
 CLAIM_UNNEST: Final = (
     "INSERT INTO webhook_events (svix_id, event_type, status, attempts, payload, "
-    "event_timestamp, received_at, organization_id) "
-    "SELECT svix_id, event_type, %(status)b, 0, payload, event_timestamp, received_at, "
-    "organization_id FROM unnest(CAST(%(svix_ids)b AS text[]), CAST(%(event_types)b AS text[]), "
+    "event_timestamp, received_at, processed_at, organization_id) "
+    "SELECT svix_id, event_type, %(status)b, CAST(%(attempts)b AS integer), payload, "
+    "event_timestamp, received_at, CAST(%(processed_at)b AS timestamptz), organization_id "
+    "FROM unnest(CAST(%(svix_ids)b AS text[]), CAST(%(event_types)b AS text[]), "
     "CAST(%(payloads)b AS text[]), CAST(%(event_timestamps)b AS bigint[]), "
     "CAST(%(received_ats)b AS timestamptz[]), CAST(%(organization_ids)b AS text[])) "
     "AS incoming(svix_id, event_type, payload, event_timestamp, received_at, organization_id) "
@@ -115,15 +137,23 @@ in text format every payload would be quoted and escaped character by character,
 more than the rest of the claim."""
 
 
-def _insert_new(connection: Connection, events: Sequence[IncomingEvent]) -> list[str]:
-    """Insert the events that are new (``events`` in svix-id order); returns their svix ids."""
+def _insert_new(
+    connection: Connection, events: Sequence[IncomingEvent], *, presume_applied: bool
+) -> list[str]:
+    """Insert the events that are new (``events`` in svix-id order), ``received`` or, presumed,
+    ``applied``; returns their svix ids."""
+    status, attempts, processed_at = (
+        (APPLIED, 1, datetime.now(UTC)) if presume_applied else (RECEIVED, 0, None)
+    )
     if connection.dialect.name == "postgresql":
         # The driver's own statement (psycopg's binary ``%b`` parameters, which SQLAlchemy's
         # statements do not offer), through SQLAlchemy, which still translates its errors.
         inserted = connection.exec_driver_sql(
             CLAIM_UNNEST,
             {
-                "status": RECEIVED,
+                "status": status,
+                "attempts": attempts,
+                "processed_at": processed_at,
                 "svix_ids": [event.svix_id for event in events],
                 "event_types": [event.event_type for event in events],
                 "payloads": [event.payload for event in events],
@@ -140,11 +170,12 @@ def _insert_new(connection: Connection, events: Sequence[IncomingEvent]) -> list
             {
                 "svix_id": event.svix_id,
                 "event_type": event.event_type,
-                "status": RECEIVED,
-                "attempts": 0,
+                "status": status,
+                "attempts": attempts,
                 "payload": event.payload,
                 "event_timestamp": event.event_timestamp,
                 "received_at": event.received_at,
+                "processed_at": processed_at,
                 "organization_id": event.organization_id,
             }
             for event in events
@@ -176,30 +207,49 @@ class Outcome:
 
 FINISH_UNNEST: Final = (
     "UPDATE webhook_events SET status = outcome.status, "
-    "attempts = webhook_events.attempts + %(attempts)s, last_error = outcome.error, "
-    "processed_at = %(processed_at)s "
+    "attempts = webhook_events.attempts + outcome.added, last_error = outcome.error, "
+    "processed_at = outcome.processed_at "
     "FROM unnest(CAST(%(svix_ids)b AS text[]), CAST(%(statuses)b AS text[]), "
-    "CAST(%(errors)b AS text[])) AS outcome(svix_id, status, error) "
+    "CAST(%(errors)b AS text[]), CAST(%(addeds)b AS integer[]), "
+    "CAST(%(processed_ats)b AS timestamptz[])) "
+    "AS outcome(svix_id, status, error, added, processed_at) "
     "WHERE webhook_events.svix_id = outcome.svix_id"
 )
 """PostgreSQL: a batch's outcomes in one statement joined to arrays (as ``CLAIM_UNNEST``), where
 an UPDATE executed for each outcome cost the database a statement per event."""
 
 
-def finish_events(connection: Connection, outcomes: Sequence[Outcome], *, attempts: int) -> None:
-    """``finish_event`` for many events (distinct svix ids), in one statement."""
-    if not outcomes:
-        return
+def finish_events(
+    connection: Connection,
+    outcomes: Sequence[Outcome],
+    *,
+    attempts: int,
+    presumed: frozenset[str] = frozenset(),
+) -> None:
+    """``finish_event`` for many events (distinct svix ids), in one statement. The ``presumed``
+    rows (``Claims.presumed``) hold ``applied`` after one attempt already: an applied outcome
+    leaves them alone, a ``received`` one (an event given back unapplied) makes them as a new
+    row would be, and any other sets the outcome of ``attempts``."""
     now = datetime.now(UTC)
+    changes: list[tuple[Outcome, int, datetime | None]] = []
+    for outcome in outcomes:
+        if outcome.svix_id not in presumed:
+            changes.append((outcome, attempts, now))
+        elif outcome.status == RECEIVED:
+            changes.append((outcome, -1, None))
+        elif outcome.status != APPLIED or outcome.error is not None:
+            changes.append((outcome, attempts - 1, now))
+    if not changes:
+        return
     if connection.dialect.name == "postgresql":
         connection.exec_driver_sql(
             FINISH_UNNEST,
             {
-                "attempts": attempts,
-                "processed_at": now,
-                "svix_ids": [outcome.svix_id for outcome in outcomes],
-                "statuses": [outcome.status for outcome in outcomes],
-                "errors": [outcome.error for outcome in outcomes],
+                "svix_ids": [outcome.svix_id for outcome, _, _ in changes],
+                "statuses": [outcome.status for outcome, _, _ in changes],
+                "errors": [outcome.error for outcome, _, _ in changes],
+                "addeds": [added for _, added, _ in changes],
+                "processed_ats": [at for _, _, at in changes],
             },
         )
         return
@@ -210,10 +260,10 @@ def finish_events(connection: Connection, outcomes: Sequence[Outcome], *, attemp
                 "outcome_svix_id": outcome.svix_id,
                 "outcome_status": outcome.status,
                 "outcome_error": outcome.error,
-                "outcome_attempts": attempts,
-                "outcome_at": now,
+                "outcome_attempts": added,
+                "outcome_at": at,
             }
-            for outcome in outcomes
+            for outcome, added, at in changes
         ],
     )
 

@@ -19,6 +19,7 @@ from models.events import (
     APPLIED,
     DEAD,
     FINISHED,
+    RECEIVED,
     SKIPPED,
     IncomingEvent,
     Outcome,
@@ -197,10 +198,10 @@ def _apply_batch(
 ) -> dict[str, BatchResult]:
     results: dict[str, BatchResult] = {}
     with transaction(engine) as connection:
-        statuses = claim_events(connection, events)
+        claims = claim_events(connection, events, presume_applied=True)
         pending = []
         for event in events:
-            status = statuses[event.svix_id]
+            status = claims.statuses[event.svix_id]
             if status in FINISHED:
                 results[event.svix_id] = BatchResult(status, duplicate=True)
             else:
@@ -214,13 +215,16 @@ def _apply_batch(
             for event, document, is_ready in zip(pending, documents, ready, strict=True):
                 if not is_ready:
                     results[event.svix_id] = BatchResult(DEFERRED, duplicate=False)
+                    if event.svix_id in claims.presumed:
+                        # Left for a later batch: its new row is made ``received`` after all.
+                        outcomes.append(Outcome(event.svix_id, RECEIVED))
                     continue
                 status, error = apply_payload(
                     connection, event.payload, workspace_key, isolated=isolated, document=document
                 )
                 outcomes.append(Outcome(event.svix_id, status, error))
                 results[event.svix_id] = BatchResult(status, duplicate=False)
-        finish_events(connection, outcomes, attempts=1)
+        finish_events(connection, outcomes, attempts=1, presumed=claims.presumed)
     _log_batch(events, results)
     return results
 

@@ -51,7 +51,7 @@ from tests.models.histories import ClerkHistory, Delivery
 from tests.models.support import WORKSPACE_KEY, synced_tables, tombstone_rows
 from workers.app import WorkerRuntime, create_celery_app
 from workers.batches import BatchItem, prefetch_multiplier, process_batch
-from workers.processing import apply_batch, apply_event, describe_event
+from workers.processing import apply_batch, apply_event, dead_letter, describe_event
 
 RECEIVED_AT_MS = 1_800_000_000_000
 
@@ -677,6 +677,72 @@ def test_without_waiting_for_locks_a_batch_defers_only_the_events_whose_locks_ar
 
     assert [results[e.svix_id].status for e in events[:2]] == ["applied", "applied"]
     assert org_names(pg_engine) == {"org_busy": "Busy", "org_free": "Free"}
+
+
+def test_a_deferred_event_whose_row_was_there_already_keeps_it_as_it_was(pg_engine: Engine) -> None:
+    """A dead-lettered event delivered again (a replay) whose organization another batch holds
+    is deferred: its row still says ``dead``, with its attempts and error, until a batch applies
+    it. (New rows are written ``applied`` up front and made ``received`` when deferred.)"""
+    incoming = describe_event(
+        new_svix_id(),
+        body_of(event("organization.created", organization_data("org_replayed"))),
+        RECEIVED_AT_MS,
+    )
+    dead_letter(pg_engine, incoming, RuntimeError("gave up"))
+    before = inbox_row(pg_engine, incoming.svix_id)
+    assert before is not None
+    assert before["status"] == "dead"
+
+    with pg_engine.connect() as holder, holder.begin():
+        lock_organization(holder, "org_replayed")
+        results = apply_batch(pg_engine, [incoming], WORKSPACE_KEY, wait_for_locks=False)
+        assert results[incoming.svix_id].status == "deferred"
+        assert inbox_row(pg_engine, incoming.svix_id) == before
+
+    results = apply_batch(pg_engine, [incoming], WORKSPACE_KEY)
+    assert results[incoming.svix_id].status == "applied"
+    after = inbox_row(pg_engine, incoming.svix_id)
+    assert after is not None
+    assert (after["status"], after["attempts"], after["last_error"]) == (
+        "applied",
+        before["attempts"] + 1,
+        None,
+    )
+
+
+def test_a_batch_of_new_events_writes_each_inbox_row_once(any_runtime: WorkerRuntime) -> None:
+    """New events that are all applied: their rows are inserted ``applied`` (one attempt, the
+    time of processing), with no UPDATE after; a later copy is a duplicate. One event of the
+    batch ending otherwise (skipped) costs one UPDATE, of its own row only."""
+    engine = any_runtime.engine
+    applied = [
+        item(event("organization.created", organization_data(f"org_once_{n}"))) for n in range(3)
+    ]
+    before = datetime.now(UTC)
+    with recording_statements(engine) as statements:
+        assert process_batch(any_runtime, applied) == ["applied"] * 3
+    after = datetime.now(UTC)
+
+    assert len(starting("INSERT INTO webhook_events", statements)) == 1, statements
+    assert not starting("UPDATE", statements), statements
+    for applied_item in applied:
+        row = inbox_row(engine, applied_item.svix_id)
+        assert row is not None
+        assert (row["status"], row["attempts"], row["last_error"]) == ("applied", 1, None)
+        processed_at = row["processed_at"]
+        if processed_at.tzinfo is None:  # SQLite keeps no offset; the time is UTC.
+            processed_at = processed_at.replace(tzinfo=UTC)
+        assert before <= processed_at <= after
+    assert process_batch(any_runtime, applied[:1]) == ["applied"]
+
+    skipped = item(event("session.created", {"object": "session", "id": "sess_once"}))
+    neighbour = item(event("organization.created", organization_data("org_once_next")))
+    with recording_statements(engine) as statements:
+        assert process_batch(any_runtime, [skipped, neighbour]) == ["skipped", "applied"]
+    assert len(starting("UPDATE", statements)) == 1, statements
+    row = inbox_row(engine, skipped.svix_id)
+    assert row is not None
+    assert (row["status"], row["attempts"]) == ("skipped", 1)
 
 
 def test_duplicates_within_a_batch_and_of_earlier_deliveries_are_applied_once(
