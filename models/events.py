@@ -85,11 +85,11 @@ def claim_events(
     each event's current status by svix id.
 
     First the new rows are inserted, in svix-id order: a row this transaction inserts is
-    ``received`` and, uncommitted, locked against every other transaction. Then the rows that
-    were there already are locked and read, in svix-id order too (one statement each, in the
-    common case of no earlier copies just the first). Two transactions claiming overlapping
-    sets (copies of the same events on two workers) therefore wait for each other instead of
-    deadlocking.
+    ``received`` (but see below) and, uncommitted, locked against every other transaction. Then
+    the rows that were there already are locked and read, in svix-id order too (one statement
+    each, in the common case of no earlier copies just the first). Two transactions claiming
+    overlapping sets (copies of the same events on two workers) therefore wait for each other
+    instead of deadlocking.
 
     With ``presume_applied`` the new rows are inserted as the caller expects to finish them,
     ``applied`` after one attempt, and ``finish_events`` (given ``Claims.presumed``) changes only
