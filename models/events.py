@@ -72,28 +72,25 @@ CLAIM_CHUNK: Final = 500
 @dataclass(frozen=True)
 class Claims:
     """What ``claim_events`` found: each event's status by svix id (``received`` for a row the
-    claim inserted), and the rows it inserted as already applied (``presume_applied``)."""
+    claim inserted), and the rows it inserted, which hold ``applied`` already."""
 
     statuses: dict[str, str]
     presumed: frozenset[str] = frozenset()
 
 
-def claim_events(
-    connection: Connection, events: Sequence[IncomingEvent], *, presume_applied: bool = False
-) -> Claims:
+def claim_events(connection: Connection, events: Sequence[IncomingEvent]) -> Claims:
     """``claim_event`` for many events in one go: record the new ones, lock every row and return
     each event's current status by svix id.
 
-    First the new rows are inserted, in svix-id order: a row this transaction inserts is
-    ``received`` (but see below) and, uncommitted, locked against every other transaction. Then
-    the rows that were there already are locked and read, in svix-id order too (one statement
-    each, in the common case of no earlier copies just the first). Two transactions claiming
-    overlapping sets (copies of the same events on two workers) therefore wait for each other
-    instead of deadlocking.
+    First the new rows are inserted, in svix-id order: a row this transaction inserts is,
+    uncommitted, locked against every other transaction. Then the rows that were there already
+    are locked and read, in svix-id order too (one statement each, in the common case of no
+    earlier copies just the first). Two transactions claiming overlapping sets (copies of the
+    same events on two workers) therefore wait for each other instead of deadlocking.
 
-    With ``presume_applied`` the new rows are inserted as the caller expects to finish them,
-    ``applied`` after one attempt, and ``finish_events`` (given ``Claims.presumed``) changes only
-    those that end otherwise. Other transactions only ever see a row as committed, so this
+    The new rows are inserted as the caller expects to finish them, ``applied`` after one
+    attempt, and ``finish_events`` (given ``Claims.presumed``) changes only those that end
+    otherwise. Other transactions only ever see a row as committed, so this
     differs from inserting ``received`` and updating every row in nothing but cost: the update
     rewrites the row and all its index entries (``status`` is indexed), which cost PostgreSQL
     more per event than the insert.
@@ -102,10 +99,8 @@ def claim_events(
     chunks = [unique[start : start + CLAIM_CHUNK] for start in range(0, len(unique), CLAIM_CHUNK)]
     statuses: dict[str, str] = {}
     for chunk in chunks:
-        statuses.update(
-            dict.fromkeys(_insert_new(connection, chunk, presume_applied=presume_applied), RECEIVED)
-        )
-    presumed = frozenset(statuses) if presume_applied else frozenset()
+        statuses.update(dict.fromkeys(_insert_new(connection, chunk), RECEIVED))
+    presumed = frozenset(statuses)
     existing = [event.svix_id for event in unique if event.svix_id not in statuses]
     for start in range(0, len(existing), CLAIM_CHUNK):
         rows = connection.execute(
@@ -137,22 +132,18 @@ in text format every payload would be quoted and escaped character by character,
 more than the rest of the claim."""
 
 
-def _insert_new(
-    connection: Connection, events: Sequence[IncomingEvent], *, presume_applied: bool
-) -> list[str]:
-    """Insert the events that are new (``events`` in svix-id order), ``received`` or, presumed,
-    ``applied``; returns their svix ids."""
-    status, attempts, processed_at = (
-        (APPLIED, 1, datetime.now(UTC)) if presume_applied else (RECEIVED, 0, None)
-    )
+def _insert_new(connection: Connection, events: Sequence[IncomingEvent]) -> list[str]:
+    """Insert the events that are new (``events`` in svix-id order), ``applied`` after one
+    attempt (``claim_events``); returns their svix ids."""
+    processed_at = datetime.now(UTC)
     if connection.dialect.name == "postgresql":
         # The driver's own statement (psycopg's binary ``%b`` parameters, which SQLAlchemy's
         # statements do not offer), through SQLAlchemy, which still translates its errors.
         inserted = connection.exec_driver_sql(
             CLAIM_UNNEST,
             {
-                "status": status,
-                "attempts": attempts,
+                "status": APPLIED,
+                "attempts": 1,
                 "processed_at": processed_at,
                 "svix_ids": [event.svix_id for event in events],
                 "event_types": [event.event_type for event in events],
@@ -170,8 +161,8 @@ def _insert_new(
             {
                 "svix_id": event.svix_id,
                 "event_type": event.event_type,
-                "status": status,
-                "attempts": attempts,
+                "status": APPLIED,
+                "attempts": 1,
                 "payload": event.payload,
                 "event_timestamp": event.event_timestamp,
                 "received_at": event.received_at,
@@ -224,7 +215,7 @@ def finish_events(
     outcomes: Sequence[Outcome],
     *,
     attempts: int,
-    presumed: frozenset[str] = frozenset(),
+    presumed: frozenset[str],
 ) -> None:
     """``finish_event`` for many events (distinct svix ids), in one statement. The ``presumed``
     rows (``Claims.presumed``) hold ``applied`` after one attempt already: an applied outcome

@@ -198,7 +198,7 @@ def _apply_batch(
 ) -> dict[str, BatchResult]:
     results: dict[str, BatchResult] = {}
     with transaction(engine) as connection:
-        claims = claim_events(connection, events, presume_applied=True)
+        claims = claim_events(connection, events)
         pending = []
         for event in events:
             status = claims.statuses[event.svix_id]

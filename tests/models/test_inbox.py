@@ -366,7 +366,7 @@ def test_a_connection_lost_while_a_batch_claims_or_finishes_is_a_transient_error
     steps = {
         "claim": lambda connection: claim_events(connection, [incoming]),
         "finish": lambda connection: finish_events(
-            connection, [Outcome(incoming.svix_id, APPLIED)], attempts=1
+            connection, [Outcome(incoming.svix_id, APPLIED)], attempts=1, presumed=frozenset()
         ),
     }
     with pg_engine.connect() as connection:
