@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import struct
 import time
 import weakref
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntity
 from clerk_sync.settings import Settings
 from ingress.metrics import IngressMetrics
 from ingress.queue import BrokerUnavailableError, Publisher, QueuedEvent
+from ingress.sockets import kernel_timeout
 from ingress.verification import SIGNING_HEADERS, SignatureVerifier, Verdict
 
 log = logging.getLogger("clerk_sync.ingress")
@@ -66,7 +66,7 @@ def create_app(settings: Settings, publisher: Publisher | None = None) -> Flask:
     verifier = SignatureVerifier(settings.webhook_secrets)
     queue = publisher if publisher is not None else Publisher(settings)
     metrics = IngressMetrics()
-    body_wait = _timeval(settings.body_timeout_seconds)
+    body_wait = kernel_timeout(settings.body_timeout_seconds)
     connections_with_body_wait: weakref.WeakSet[socket.socket] = weakref.WeakSet()
 
     app = Flask("clerk_sync.ingress")
@@ -138,11 +138,9 @@ def create_app(settings: Settings, publisher: Publisher | None = None) -> Flask:
         # DEBUG, not INFO: one line per accepted event costs as much CPU as the whole enqueue,
         # and the inbox (``clerk-sync events show``) and the worker's line record each event.
         log.debug("event queued", extra={"svix_id": svix_id, "event_type": event_type})
-        return Response(
-            orjson.dumps({"status": "queued", "svix_id": svix_id}),
-            status=202,
-            mimetype="application/json",
-        ), "accepted"
+        # No body: gunicorn writes a response's body with a system call of its own after the
+        # headers, and Svix needs only the status. The svix id is the request's own.
+        return Response(status=202), "accepted"
 
     @app.get("/metrics")
     def prometheus_metrics() -> Response:
@@ -173,12 +171,6 @@ def create_app(settings: Settings, publisher: Publisher | None = None) -> Flask:
         )
 
     return app
-
-
-def _timeval(seconds: float) -> bytes:
-    """``seconds`` as the ``struct timeval`` that ``SO_RCVTIMEO`` takes."""
-    whole, fraction = divmod(seconds, 1.0)
-    return struct.pack("ll", int(whole), int(fraction * 1_000_000))
 
 
 def _limit_body_wait(timeval: bytes, limited: weakref.WeakSet[socket.socket]) -> None:

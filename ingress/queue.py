@@ -2,7 +2,7 @@
 
 The ingress publishes an ordinary Celery task message (protocol 2) naming ``APPLY_EVENT_TASK``
 with arguments ``(svix_id, payload, received_at_ms)``; it never imports the worker code. On a
-Redis broker the message goes out in the same atomic script (``ACCEPT_SCRIPT``) that writes the
+Redis broker the message goes out in the same transaction (``MULTI``/``EXEC``) that writes the
 event to a ledger, so an accepted event is always both queued and in the ledger (one round trip);
 the worker removes it from the ledger only after the event's outcome is committed. kombu's Redis
 transport can lose a message taken by a worker that dies before recording it as unacknowledged;
@@ -12,19 +12,21 @@ the ledger sweeper re-publishes whatever stays in the ledger too long.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from random import getrandbits
 from typing import Any, Final
 
 import orjson
 import redis
 from celery import Celery
 from celery.utils.nodenames import anon_nodename
+from hiredis import pack_command
 from kombu import serialization as kombu_serialization
 from kombu.connection import Connection
 from kombu.exceptions import OperationalError as KombuOperationalError
@@ -32,23 +34,17 @@ from kombu.utils.json import dumps as kombu_json_dumps
 from kombu.utils.uuid import uuid
 
 from clerk_sync.settings import Settings
+from ingress.sockets import kernel_timeout
 
 APPLY_EVENT_TASK: Final = "clerk_sync.apply_event"
 SWEEP_LEDGER_TASK: Final = "clerk_sync.sweep_ledger"
 LEDGER_DUE_KEY: Final = "clerk-sync:ledger:due"
 LEDGER_MESSAGES_KEY: Final = "clerk-sync:ledger:messages"
 
-ACCEPT_SCRIPT: Final = """
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-return redis.call('LPUSH', KEYS[3], ARGV[4])
-"""
-"""Ledger entry, then task message, in one atomic script (KEYS: ledger messages, ledger due
-times, queue list; ARGV: svix id, ledger entry, due time, message). Redis decides whether a
-script may write when it starts, so a broker out of memory refuses all three writes."""
-ACCEPT_SCRIPT_SHA1: Final = hashlib.sha1(ACCEPT_SCRIPT.encode(), usedforsecurity=False).hexdigest()
-"""How EVALSHA names the script (Redis keys scripts by SHA-1)."""
 
+MULTI: Final = pack_command(("MULTI",))
+EXEC: Final = pack_command(("EXEC",))
+"""The two commands around every accept transaction, in Redis's wire format."""
 
 BROKER_ERRORS: Final = (KombuOperationalError, redis.RedisError, OSError)
 """What a broker that is down or unreachable raises (socket errors are ``OSError``)."""
@@ -134,27 +130,56 @@ def redis_client(settings: Settings) -> redis.Redis[bytes]:
 class ThreadConnections:
     """One Redis connection per request thread (and process) for the accept round trip: no
     pool check-out (each probes the socket), no lock shared between threads, and none of the
-    client's retry and reply-callback layers around what is a single command."""
+    client's retry and reply-callback layers around what is a single transaction."""
 
     def __init__(self, settings: Settings) -> None:
         self._pool = redis_client(settings).connection_pool
         self._local = threading.local()
+        self._timeout = kernel_timeout(settings.broker_publish_timeout_seconds)
 
-    def execute(self, *command: Any) -> Any:
-        """Send one command and return its reply; a connection that failed is closed, and
-        opened again by the next command."""
+    def transact(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Run ``commands`` in one ``MULTI``/``EXEC`` transaction, in one round trip, and
+        return their replies; raise ``redis.ResponseError`` if Redis refused any of them.
+
+        Redis refuses the whole transaction (``EXECABORT``) when a command cannot be queued,
+        for instance when it is out of memory, so either every command ran or none did. After
+        any failure the connection is closed (its replies may be half read) and opened again by
+        the next transaction."""
         local = self._local
         # A forked child's main thread inherits the parent's thread-local values.
         if getattr(local, "process", None) != _process[0]:
             local.connection = self._pool.make_connection()
+            local.connection.register_connect_callback(self._block_with_kernel_timeouts)
             local.process = _process[0]
         connection = local.connection
         try:
-            connection.send_command(*command)
-            return connection.read_response()
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            connection.send_packed_command(
+                [b"".join([MULTI, *map(pack_command, commands), EXEC])], check_health=False
+            )
+            for _queued in range(len(commands) + 1):
+                connection.read_response()
+            replies: list[Any] = connection.read_response()
+        except BaseException:
             connection.disconnect()
             raise
+        for reply in replies:
+            if isinstance(reply, redis.ResponseError):
+                raise reply
+        return replies
+
+    def _block_with_kernel_timeouts(self, connection: Any) -> None:
+        """Make a new connection's socket blocking, bounded by kernel timeouts.
+
+        redis-py bounds its reads and writes with a Python-level socket timeout, which puts a
+        ``poll`` before every ``send`` and ``recv``: two more system calls a request, each of
+        which lets go of the GIL and must win it back from the other request threads. A
+        blocking socket with ``SO_SNDTIMEO`` and ``SO_RCVTIMEO`` is bounded as well: a call that
+        times out fails with ``EAGAIN``, which redis-py raises as a ``ConnectionError``. The bound
+        is the publish timeout, as for connecting: how long a webhook may wait for the broker."""
+        sock = connection._sock
+        sock.settimeout(None)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self._timeout)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, self._timeout)
 
 
 class Ledger:
@@ -173,32 +198,24 @@ class Ledger:
     def client(self) -> redis.Redis[bytes]:
         return self._client
 
+    @staticmethod
     def accept(
-        self,
         event: QueuedEvent,
         due_at: float,
         message: tuple[str, str],
-        execute: Callable[..., Any] | None = None,
+        transact: Callable[[Sequence[tuple[Any, ...]]], list[Any]],
     ) -> None:
-        """Write the ledger entry and push the task ``message`` (queue list, raw message) at
-        once: both or neither. ``execute`` runs a command on another connection to the same
-        Redis (``ThreadConnections.execute``) instead of the ledger's client."""
+        """Write the ledger entry and push the task ``message`` (queue list, raw message) in
+        one transaction (``ThreadConnections.transact``): both or neither, and no worker can
+        take the message before its entry is in the ledger."""
         queue_key, raw_message = message
-        keys_and_arguments = (
-            LEDGER_MESSAGES_KEY,
-            LEDGER_DUE_KEY,
-            queue_key,
-            event.svix_id,
-            _ledger_entry(event),
-            due_at,
-            raw_message,
+        transact(
+            [
+                ("HSET", LEDGER_MESSAGES_KEY, event.svix_id, _ledger_entry(event)),
+                ("ZADD", LEDGER_DUE_KEY, due_at, event.svix_id),
+                ("LPUSH", queue_key, raw_message),
+            ]
         )
-        execute = execute or self._client.execute_command
-        try:
-            execute("EVALSHA", ACCEPT_SCRIPT_SHA1, 3, *keys_and_arguments)
-        except redis.exceptions.NoScriptError:
-            # A restarted or flushed Redis has forgotten the script: EVAL runs and caches it.
-            execute("EVAL", ACCEPT_SCRIPT, 3, *keys_and_arguments)
 
     def remember(self, event: QueuedEvent, due_at: float) -> None:
         pipeline = self._client.pipeline(transaction=True)
@@ -309,8 +326,8 @@ class RedisTaskMessages:
         self._prepare()
         body = orjson.dumps([event.task_args(), *self._body_tail])
         # A fresh UUID is unique as a delivery tag and, for a new task, as its id: one serves
-        # both (each costs a few percent of a request).
-        fresh = uuid()
+        # both.
+        fresh = random_uuid4()
         return self._key, self._template.format(
             body=base64.b64encode(body).decode(),
             id=_json_string_content(task_id or fresh),
@@ -367,6 +384,25 @@ class RedisTaskMessages:
         return str(key), str(kombu_json_dumps(message))  # type: ignore[no-untyped-call]
 
 
+UUID4_FIXED_BITS_MASK: Final = (0xF000 << 64) | (0xC000 << 48)
+"""The version nibble and the variant's two bits of a UUID's 128-bit integer."""
+UUID4_FIXED_BITS: Final = (0x4000 << 64) | (0x8000 << 48)
+"""Version 4, variant RFC 4122."""
+
+
+def random_uuid4() -> str:
+    """A random (version 4) UUID like ``str(uuid.uuid4())``, from the process's seeded
+    pseudo-random generator instead of ``os.urandom``.
+
+    A task id and delivery tag need to be unique, not unpredictable. ``os.urandom`` is a system
+    call that lets go of the GIL, and winning it back from the other request threads costs a
+    request more than the call itself. The ``random`` module reseeds itself from
+    ``os.urandom`` in every forked child, so gunicorn's workers never share a sequence."""
+    bits = (getrandbits(128) & ~UUID4_FIXED_BITS_MASK) | UUID4_FIXED_BITS
+    text = f"{bits:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
 def _slot(name: str) -> str:
     """A marker in the template's text where each message has its own value."""
     return f"@@clerk-sync:{name}@@"
@@ -390,7 +426,7 @@ class Publisher:
     """Hands verified events to the broker as Celery task messages, together with their ledger
     entry, so that an acknowledged event is never only in a worker's memory.
 
-    On a Redis broker one atomic script, one round trip, writes the ledger entry and pushes the
+    On a Redis broker one transaction, one round trip, writes the ledger entry and pushes the
     message (both or neither); other brokers (the filesystem broker of ``dev``) go through
     Celery's ``send_task``.
     """
@@ -416,7 +452,7 @@ class Publisher:
                 self._send_task(event)
                 return
             self.ledger.accept(
-                event, due_at, self._messages.build(event), self._connections.execute
+                event, due_at, self._messages.build(event), self._connections.transact
             )
         except BROKER_ERRORS as error:
             raise BrokerUnavailableError(type(error).__name__) from error

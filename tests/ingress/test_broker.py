@@ -3,7 +3,9 @@ silent 202, and the probes tell the two cases apart."""
 
 from __future__ import annotations
 
+import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -99,8 +101,9 @@ def test_recovers_once_the_broker_is_back(
 def test_a_broker_out_of_memory_gets_503_and_keeps_neither_half(
     settings: Settings, tmp_path: Path
 ) -> None:
-    """A Redis at its ``maxmemory`` refuses the accept script before its first write: 503, and
-    neither a ledger entry without its message nor a message without its ledger entry."""
+    """A Redis at its ``maxmemory`` refuses the whole accept transaction (``EXECABORT``): 503,
+    and neither a ledger entry without its message nor a message without its ledger entry; the
+    next request, on the same thread, is accepted."""
     broker = RedisServer(tmp_path)
     broker.start()
     redis_client = broker.client()
@@ -115,12 +118,54 @@ def test_a_broker_out_of_memory_gets_503_and_keeps_neither_half(
         assert redis_client.dbsize() == 0
 
         redis_client.config_set("maxmemory", 0)
-        response = client.post(
-            WEBHOOK_PATH, data=body, headers=signed_headers(WEBHOOK_SECRET, body)
-        )
+        headers = signed_headers(WEBHOOK_SECRET, body)
+        response = client.post(WEBHOOK_PATH, data=body, headers=headers)
         assert response.status_code == 202
-        assert ledger_ids(redis_client) == {response.get_json()["svix_id"]}
+        assert ledger_ids(redis_client) == {headers["svix-id"]}
         assert redis_client.llen(settings.queue_name) == 1
+    finally:
+        redis_client.close()
+        broker.kill()
+
+
+@pytest.mark.fault
+def test_a_broker_that_stops_answering_gets_503_after_the_publish_timeout(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A broker that hangs once the connection is open (``SIGSTOP``): the accept's wait for the
+    reply is bounded by the publish timeout, so the request gets 503 rather than holding its
+    thread for ever, and once the broker answers again the next event is accepted.
+
+    Every request runs on one thread, so all of them use the thread's one connection."""
+    broker = RedisServer(tmp_path)
+    broker.start()
+    assert broker.process is not None
+    redis_client = broker.client()
+    broker_settings = settings.with_overrides(broker_url=broker.url)
+    client = create_app(broker_settings).test_client()
+    timeout = broker_settings.broker_publish_timeout_seconds
+
+    def post() -> tuple[int, str, float]:
+        body = org_body()
+        headers = signed_headers(WEBHOOK_SECRET, body)
+        started = time.monotonic()
+        response = client.post(WEBHOOK_PATH, data=body, headers=headers)
+        return response.status_code, headers["svix-id"], time.monotonic() - started
+
+    try:
+        with ThreadPoolExecutor(max_workers=1) as thread:
+            status, _, _ = thread.submit(post).result(timeout=30)
+            assert status == 202
+            broker.process.send_signal(signal.SIGSTOP)
+            try:
+                status, _, waited = thread.submit(post).result(timeout=30)
+            finally:
+                broker.process.send_signal(signal.SIGCONT)
+            assert status == 503
+            assert timeout * 0.9 <= waited < timeout + 10
+            status, accepted, _ = thread.submit(post).result(timeout=30)
+            assert status == 202
+        assert accepted in ledger_ids(redis_client)
     finally:
         redis_client.close()
         broker.kill()

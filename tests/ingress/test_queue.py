@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -15,7 +17,6 @@ from celery import Celery
 
 from clerk_sync.settings import Settings
 from ingress.queue import (
-    ACCEPT_SCRIPT_SHA1,
     APPLY_EVENT_TASK,
     LEDGER_DUE_KEY,
     LEDGER_MESSAGES_KEY,
@@ -23,6 +24,7 @@ from ingress.queue import (
     QueuedEvent,
     RedisTaskMessages,
     broker_configuration,
+    random_uuid4,
 )
 from tests.conftest import queue_length
 from tests.ingress.conftest import decode_message, ledger_ids
@@ -134,15 +136,34 @@ def test_one_message_list_per_queue_and_no_routing_keys(
     )
 
 
-def test_publish_still_works_after_redis_forgets_the_accept_script(
-    settings: Settings, redis_client: redis.Redis[bytes]
+def test_first_deliveries_get_fresh_version_4_uuids_in_every_forked_process(
+    settings: Settings,
 ) -> None:
-    """A restarted (or ``SCRIPT FLUSH``ed) Redis no longer knows the script by its SHA-1: the
-    publish falls back to sending it in full, which also caches it again."""
-    publisher = Publisher(settings)
-    publisher.publish(QueuedEvent("msg_a", "{}", 1))
-    redis_client.script_flush()
-    publisher.publish(QueuedEvent("msg_b", "{}", 1))
-    assert ledger_ids(redis_client) == {"msg_a", "msg_b"}
-    assert queue_length(redis_client, settings.queue_name) == 2
-    assert redis_client.script_exists(ACCEPT_SCRIPT_SHA1) == [True]
+    """The ids come from the ``random`` module, not ``os.urandom``: they must still be valid
+    version 4 UUIDs, and a gunicorn worker forked from the same parent must not repeat its
+    siblings' sequence (``random`` reseeds itself in a forked child)."""
+    celery = Celery("reference", set_as_current=False)
+    celery.conf.update(broker_configuration(settings))
+    messages = RedisTaskMessages(celery, settings.queue_name)
+    event = QueuedEvent("msg_4", "{}", 1)
+
+    def task_ids(count: int) -> list[str]:
+        return [json.loads(messages.build(event)[1])["headers"]["id"] for _ in range(count)]
+
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the forked child
+        os.close(read_end)
+        os.write(write_end, json.dumps(task_ids(100)).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        childs = json.loads(pipe.read())
+    os.waitpid(child, 0)
+    ours = task_ids(100)
+
+    assert len(set(ours) | set(childs)) == 200
+    for task_id in ours + childs:
+        parsed = uuid.UUID(task_id)
+        assert (str(parsed), parsed.version, parsed.variant) == (task_id, 4, uuid.RFC_4122)
+    assert uuid.UUID(random_uuid4()).version == 4

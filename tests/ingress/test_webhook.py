@@ -52,8 +52,8 @@ def test_valid_event_is_queued_byte_exact(
     response = post(body, signed_headers(WEBHOOK_SECRET, body, svix_id=svix_id))
     after_ms = int(time.time() * 1000)
 
-    assert response.status_code == 202, response.get_json()
-    assert response.get_json() == {"status": "queued", "svix_id": svix_id}
+    assert response.status_code == 202, response.get_data(as_text=True)
+    assert response.get_data() == b"", "Svix needs only the status"
 
     messages = queued_messages(redis_client, settings.queue_name)
     assert len(messages) == 1
