@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.context import Context, http_status
-from bench.cpu import CpuTracker, describe, mean_cores, redis_server, tree
+from bench.cpu import BUSY, CpuTracker, describe, mean_cores, redis_server, tree
 from bench.events import WEBHOOK_PATH, Event, EventStream, Signer
 from bench.pipeline import Server, start_ingress
 from bench.procs import BenchError
@@ -77,7 +77,7 @@ def run(context: Context) -> BenchResult:
     cpu_windows: dict[str, list[dict[str, float]]] = {}
     redis = redis_server(context.services)
 
-    def one_run(label: str, seconds: float) -> WrkResult:
+    def one_run(label: str, seconds: float) -> tuple[WrkResult, dict[str, float]]:
         context.services.flush_redis()  # the queue grows by every accepted request
         write_signed_requests(requests_file, events)
         cpu = CpuTracker(
@@ -90,7 +90,8 @@ def run(context: Context) -> BenchResult:
             connections=plan.ingress_connections,
             threads=plan.wrk_threads,
         )
-        cpu_windows.setdefault(label, []).append(cpu.finish())
+        cores = cpu.finish()
+        cpu_windows.setdefault(label, []).append(cores)
         if label == "ingress":
             queued = _queue_length(context, queue)
             accepted = outcome.requests - outcome.errors.get("status", 0)
@@ -98,7 +99,7 @@ def run(context: Context) -> BenchResult:
                 raise BenchError(f"ingress answered {accepted} requests but queued {queued}")
         if outcome.error_count:
             raise BenchError(f"{label}: wrk saw errors {outcome.errors}")
-        return outcome
+        return outcome, cores
 
     for label in LABELS:
         context.say(f"ingress: warm-up {label}")
@@ -108,7 +109,7 @@ def run(context: Context) -> BenchResult:
         # Alternate the order, so a drift in the machine's load hits all alike.
         order = LABELS if repeat % 2 == 0 else LABELS[::-1]
         for label in order:
-            outcome = one_run(label, plan.ingress_seconds)
+            outcome, cores = one_run(label, plan.ingress_seconds)
             rps[label].add(outcome.requests_per_second)
             p50[label].add(outcome.latency_ms("p50"))
             p99[label].add(outcome.latency_ms("p99"))
@@ -123,11 +124,14 @@ def run(context: Context) -> BenchResult:
                         key: round(value / 1000, 3) for key, value in outcome.latency_us.items()
                     },
                     "errors": outcome.errors,
+                    "machine_busy_cores": cores[BUSY],
                 }
             )
+            result.notes.extend(_stall_note(label, repeat, cores[BUSY]))
             context.say(
                 f"ingress: {label} run {repeat + 1}/{plan.ingress_repeats}: "
-                f"{outcome.requests_per_second:.0f} req/s, p99 {outcome.latency_ms('p99'):.1f} ms"
+                f"{outcome.requests_per_second:.0f} req/s, p99 {outcome.latency_ms('p99'):.1f} ms, "
+                f"machine busy {cores[BUSY]:.2f} cores"
             )
     result.details["runs"] = runs
     for label, windows in cpu_windows.items():
@@ -153,6 +157,23 @@ def run(context: Context) -> BenchResult:
     return result
 
 
+def _stall_note(label: str, repeat: int, busy_cores: float) -> list[str]:
+    """A run that left the machine mostly idle did not measure the server's CPU cost (every
+    configuration saturates both cores otherwise): say so, since it widens the ratio's bracket."""
+    cores = os.cpu_count() or 1
+    if busy_cores >= STALLED_BELOW * cores:
+        return []
+    return [
+        f"{label} run {repeat + 1} left the machine mostly idle ({busy_cores:.2f} of {cores} "
+        "cores busy): a stall rather than a measure of the server; the median of the runs "
+        "discounts a single one."
+    ]
+
+
+STALLED_BELOW = 0.75
+"""A run with less than this share of the cores busy is reported as stalled."""
+
+
 def _probe(servers: dict[str, Server], event: Event) -> None:
     """One request each: the bare endpoint must answer 204 and the ingress 202."""
     headers = Signer().headers(event)
@@ -173,7 +194,9 @@ def _queue_length(context: Context, queue: str) -> int:
 
 
 def _profile(
-    context: Context, server: Server, one_run: Callable[[str, float], WrkResult]
+    context: Context,
+    server: Server,
+    one_run: Callable[[str, float], tuple[WrkResult, dict[str, float]]],
 ) -> dict[str, Any]:
     """An extra, unmeasured run with py-spy sampling the ingress's gunicorn processes."""
     seconds = context.plan.ingress_seconds
