@@ -46,7 +46,9 @@ class Plan:
             quick=False,
             ingress_seconds=10,
             ingress_warmup_seconds=3,
-            ingress_repeats=3,
+            # The shortest runs and the noisiest ratio (three servers sharing two cores with
+            # wrk and Redis): five runs of each for a steadier median.
+            ingress_repeats=5,
             signed_requests=1000,
             worker_events=50_000,
             worker_baseline_events=10_000,
