@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import redis
+from gunicorn.app.base import BaseApplication
 from sqlalchemy import Engine, create_engine, delete, select, text
 
 from clerk_sync.settings import Settings
@@ -242,3 +243,14 @@ def inbox_row(engine: Engine, svix_id: str) -> dict[str, Any] | None:
             select(webhook_events).where(webhook_events.c.svix_id == svix_id)
         ).one_or_none()
     return None if row is None else dict(row._mapping)
+
+
+@pytest.fixture
+def no_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``clerk-sync ingress`` invoked in-process must stop before serving: should it start a
+    server after all, fail at once instead of serving for ever."""
+
+    def refuse(self: object) -> None:
+        raise AssertionError("clerk-sync ingress started a server")
+
+    monkeypatch.setattr(BaseApplication, "run", refuse)

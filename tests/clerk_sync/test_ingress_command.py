@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from gunicorn.app.base import BaseApplication
 
 from clerk_sync.cli import main
 from clerk_sync.settings import Settings
@@ -66,14 +65,6 @@ def test_each_worker_listens_on_a_socket_of_its_own(settings: Settings, tmp_path
         assert f"Workers listen at: http://127.0.0.1:{server.port}" in server.log()
     finally:
         server.stop()
-
-
-@pytest.fixture
-def no_server(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(self: object) -> None:
-        raise AssertionError("clerk-sync ingress started a server")
-
-    monkeypatch.setattr(BaseApplication, "run", refuse)
 
 
 @pytest.mark.usefixtures("no_server")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
-from gunicorn.app.base import BaseApplication
 
 from clerk_sync.cli import main
 from clerk_sync.settings import Settings, SettingsError, parse_webhook_secrets
@@ -86,16 +85,6 @@ def test_several_secrets(raw: str) -> None:
 def test_settings_repr_hides_secrets() -> None:
     settings = Settings.from_env({"CLERK_WEBHOOK_SECRET": WEBHOOK_SECRET})
     assert WEBHOOK_SECRET.removeprefix("whsec_") not in repr(settings)
-
-
-@pytest.fixture
-def no_server(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Should the CLI accept a secret after all, fail at once instead of serving forever."""
-
-    def refuse(self: object) -> None:
-        raise AssertionError("clerk-sync ingress started a server")
-
-    monkeypatch.setattr(BaseApplication, "run", refuse)
 
 
 @pytest.mark.usefixtures("no_server")
