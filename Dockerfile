@@ -22,12 +22,13 @@ RUN groupadd --system --gid 10001 clerk \
 # Install from a copy of the source tree, then drop the copy: the running code comes from
 # site-packages only (so `celery -A workers.main` never picks up a stray checkout in the cwd).
 # psycopg[binary] ships wheels, so no compiler or libpq is needed.
-COPY pyproject.toml README.md /tmp/src/
+COPY pyproject.toml README.md constraints.txt /tmp/src/
 COPY clerk_sync/ /tmp/src/clerk_sync/
 COPY ingress/ /tmp/src/ingress/
 COPY workers/ /tmp/src/workers/
 COPY models/ /tmp/src/models/
-RUN pip install --no-cache-dir /tmp/src \
+# constraints.txt: the exact versions the tests ran against (scripts/lock writes it).
+RUN pip install --no-cache-dir -c /tmp/src/constraints.txt /tmp/src \
     && rm -rf /tmp/src
 
 WORKDIR /home/clerk

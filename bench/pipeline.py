@@ -21,8 +21,9 @@ from bench.procs import (
     wait_until,
 )
 from bench.services import Database, Services, clerk_sync_env
-from clerk_sync.settings import Settings
-from ingress.queue import LEDGER_DUE_KEY, Publisher, QueuedEvent
+from clerk_sync.broker.publisher import Publisher
+from clerk_sync.core.queue import LEDGER_DUE_KEY, QueuedEvent
+from clerk_sync.core.settings import Settings
 
 WORKER_START_TIMEOUT = 90.0
 WORKER_GROUP = "clerk-sync worker"

@@ -1,1 +1,2 @@
-"""clerk-sync: settings and the command line that wires ingress, workers and models together."""
+"""clerk-sync: the core (``clerk_sync.core``), the Celery and kombu integration
+(``clerk_sync.broker``) and the command line (``clerk_sync.cli``)."""

@@ -15,10 +15,11 @@ from flask import Flask, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
-from clerk_sync.settings import Settings
+from clerk_sync.broker.publisher import Publisher
+from clerk_sync.core.queue import BrokerUnavailableError, QueuedEvent
+from clerk_sync.core.settings import Settings
+from clerk_sync.core.sockets import kernel_timeout
 from ingress.metrics import IngressMetrics
-from ingress.queue import BrokerUnavailableError, Publisher, QueuedEvent
-from ingress.sockets import kernel_timeout
 from ingress.verification import SIGNING_HEADERS, SignatureVerifier, Verdict
 
 log = logging.getLogger("clerk_sync.ingress")
@@ -111,9 +112,13 @@ def create_app(settings: Settings, publisher: Publisher | None = None) -> Flask:
                 400, "invalid_svix_id", f"svix-id is longer than {MAX_SVIX_ID_LENGTH} characters"
             ), "malformed"
 
-        # A verified body is valid UTF-8 (svix decodes it to check the signature).
-        payload = body.decode("utf-8")
-        event_type = _event_type(payload)
+        # Whether svix decodes the body before checking the signature depends on its version
+        # (standardwebhooks 1.3 checks the raw bytes): a signed body need not be UTF-8.
+        try:
+            payload = body.decode("utf-8")
+        except UnicodeDecodeError:
+            payload = ""
+        event_type = _event_type(payload) if payload else None
         if event_type is None:
             log.warning(
                 "webhook rejected", extra={"reason": "malformed_payload", "svix_id": svix_id}

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import redis
 from gunicorn.app.base import BaseApplication
 from sqlalchemy import Engine, create_engine, delete, select, text
 
-from clerk_sync.settings import Settings
+from clerk_sync.core.settings import Settings
 from ingress import create_app
 from models.database import make_engine
 from models.migrate import upgrade
@@ -164,8 +164,16 @@ def settings_env(settings: Settings) -> dict[str, str]:
 class WorkerProcess:
     """A real worker process (``clerk-sync worker``) consuming the test queue."""
 
-    def __init__(self, settings: Settings, log_path: Path, concurrency: int = 2) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        log_path: Path,
+        concurrency: int = 2,
+        options: Sequence[str] = ("--without-gossip", "--without-mingle"),
+        hostname: str | None = None,
+    ) -> None:
         self.log_path = log_path
+        self.hostname = hostname or f"test-{uuid.uuid4().hex[:6]}@%h"
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
             [
@@ -174,9 +182,8 @@ class WorkerProcess:
                 "clerk_sync",
                 "worker",
                 f"--concurrency={concurrency}",
-                f"--hostname=test-{uuid.uuid4().hex[:6]}@%h",
-                "--without-gossip",
-                "--without-mingle",
+                f"--hostname={self.hostname}",
+                *options,
             ],
             # Unbuffered: the tests wait on lines of the log (``ready.``, a process's exit) and
             # must see each one when it is written, not when a buffer fills.
@@ -203,8 +210,11 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Start real worker processes for given settings; all are stopped after the test."""
     started: list[WorkerProcess] = []
 
-    def start(settings: Settings, concurrency: int = 2) -> WorkerProcess:
-        worker = WorkerProcess(settings, tmp_path / f"worker-{len(started)}.log", concurrency)
+    def start(settings: Settings, concurrency: int = 2, **options: Any) -> WorkerProcess:
+        """``options``: ``WorkerProcess``'s (Celery options, a node name)."""
+        worker = WorkerProcess(
+            settings, tmp_path / f"worker-{len(started)}.log", concurrency, **options
+        )
         started.append(worker)
         return worker
 

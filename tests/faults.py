@@ -26,7 +26,7 @@ from typing import Any
 import redis
 from sqlalchemy import Engine, func, select
 
-from clerk_sync.settings import Settings
+from clerk_sync.core.settings import Settings
 from models.tables import webhook_events
 from tests.conftest import ROOT, settings_env, wait_for
 from tests.factories import body_of, event, signed_headers

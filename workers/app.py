@@ -4,39 +4,30 @@ broker, see ``workers.batches``); a periodic task sweeps the ledger."""
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from datetime import timedelta
-from functools import cached_property
-from typing import Any, Final
+from functools import partial
+from typing import Any
 
 import structlog
 from celery import Celery, Task, signals
-from sqlalchemy import Engine, text
 
-from clerk_sync.logs import configure_logging
-from clerk_sync.settings import Settings
-from ingress.queue import (
+from clerk_sync.broker.batching import BatchingTask, register_batch_runner
+from clerk_sync.broker.pool import POOL
+from clerk_sync.broker.transport import TRANSPORT, read_broker_json_fast
+from clerk_sync.core.logs import configure_logging
+from clerk_sync.core.queue import (
     APPLY_EVENT_TASK,
     BROKER_ERRORS,
     SWEEP_LEDGER_TASK,
-    Publisher,
     QueuedEvent,
     broker_configuration,
 )
-from models.database import is_transient, make_engine, transaction
+from clerk_sync.core.settings import Settings
+from models.database import is_transient, transaction
 from models.events import APPLIED, DEAD, FINISHED, event_status
-from workers.batches import (
-    BatchingTask,
-    batching_options,
-    pool_optimization,
-    prefetch_multiplier,
-    register_runtime,
-)
-from workers.json_reading import read_broker_json_fast
-from workers.metrics import WorkerMetrics
-from workers.pool import POOL
+from workers.batches import batching_options, pool_optimization, prefetch_multiplier, run_batch
 from workers.processing import (
     apply_with_short_retries,
     dead_letter,
@@ -44,59 +35,11 @@ from workers.processing import (
     record_retry,
 )
 from workers.reconcile import RECONCILE_TASK, reconcile_schedule, scheduled_reconcile
-from workers.transport import TRANSPORT
+from workers.runtime import WorkerRuntime
 
 log = logging.getLogger("clerk_sync.worker")
 
-WORKER_APPLICATION_NAME: Final = "clerk-sync-worker"
-"""The workers' PostgreSQL sessions' ``application_name``: in ``pg_stat_activity``, and the
-sessions ``models.database.end_stalled_lock_holders`` may end."""
-
 SWEEP_BATCH = 500
-
-
-class WorkerRuntime:
-    """Per-process resources, created on first use so forking and importing open nothing."""
-
-    def __init__(self, settings: Settings, celery_app: Celery) -> None:
-        self.settings = settings
-        self._celery = celery_app
-
-    @cached_property
-    def engine(self) -> Engine:
-        return make_engine(
-            self.settings.database_url,
-            lock_timeout_ms=self.settings.db_lock_timeout_ms,
-            idle_in_transaction_timeout_ms=self.settings.db_idle_in_transaction_timeout_ms,
-            application_name=WORKER_APPLICATION_NAME,
-        )
-
-    @cached_property
-    def metrics(self) -> WorkerMetrics:
-        return WorkerMetrics()
-
-    @cached_property
-    def publisher(self) -> Publisher:
-        return Publisher(self.settings, self._celery)
-
-    def warm_up(self) -> None:
-        """Open a database connection (and the broker client) ahead of the first event; any
-        failure is left for the first event to meet, and retry."""
-        try:
-            with self.engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-            if self.publisher.ledger is not None:
-                self.publisher.ledger.ping()
-        except Exception as error:  # noqa: BLE001 - only an optimisation: logged, not raised
-            log.info("warm-up incomplete", extra={"error": type(error).__name__})
-
-    def retry_countdown(self, retries: int) -> float:
-        """Exponential backoff with full jitter, capped below the visibility timeout."""
-        ceiling = min(
-            self.settings.retry_backoff_max_seconds,
-            self.settings.retry_backoff_seconds * 2**retries,
-        )
-        return random.uniform(ceiling / 2, ceiling)
 
 
 def celery_configuration(settings: Settings) -> dict[str, Any]:
@@ -153,7 +96,7 @@ def create_celery_app(settings: Settings) -> Celery:
 
     @signals.worker_init.connect(weak=False, dispatch_uid="clerk_sync.json_reading")
     def read_messages_fast(**_: Any) -> None:
-        """The main process reads every message's JSON (``workers.json_reading``)."""
+        """The main process reads every message's JSON fast (``read_broker_json_fast``)."""
         read_broker_json_fast()
 
     @signals.worker_process_init.connect(weak=False, dispatch_uid="clerk_sync.warm_up")
@@ -175,7 +118,10 @@ def create_celery_app(settings: Settings) -> Celery:
         reject_on_worker_lost=True,
         ignore_result=True,
         max_retries=settings.max_retries,
-        **batching_options(settings, register_runtime(runtime)),
+        **batching_options(
+            settings,
+            register_batch_runner(partial(run_batch, runtime), lambda: runtime.publisher.ledger),
+        ),
     )
     def apply_event(task: Task, svix_id: str, payload: str, received_at_ms: int) -> str:
         """Apply one event; on a transient failure retry with backoff, then dead-letter."""

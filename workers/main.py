@@ -5,7 +5,15 @@ Run workers with ``clerk-sync worker``, which also prepares Prometheus' multi-pr
 Reading the environment here is this process's start-up; creating the app opens no connection.
 """
 
-from clerk_sync.settings import Settings
+import sys
+
+from clerk_sync.core.settings import Settings
+from clerk_sync.core.versions import UntestedVersionError, check_versions
 from workers.app import create_celery_app
 
-app = create_celery_app(Settings.from_env())
+settings = Settings.from_env()
+try:
+    check_versions(allow_untested=settings.allow_untested_versions)
+except UntestedVersionError as error:
+    sys.exit(f"Error: {error}")
+app = create_celery_app(settings)

@@ -14,6 +14,7 @@ from typing import Any, Final
 from sqlalchemy import Connection, Engine
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from clerk_sync.core.json_reading import read_payload
 from models.database import holding_locks, is_transient, transaction
 from models.events import (
     APPLIED,
@@ -36,7 +37,6 @@ from models.queued import writing_together
 from models.tombstones import knowing_tombstones
 from workers.handlers import HANDLERS, Targets
 from workers.handlers.payloads import PoisonEventError, read_envelope, to_milliseconds
-from workers.json_reading import read_payload
 
 log = logging.getLogger("clerk_sync.worker")
 

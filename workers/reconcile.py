@@ -63,7 +63,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from clerk_sync.settings import Settings, SettingsError
+from clerk_sync.core.settings import Settings, SettingsError
 from models.database import LockBusyError, hold_session_lock, is_transient
 from models.memberships import remove_membership, upsert_membership
 from models.organizations import delete_organization, upsert_organization

@@ -21,8 +21,8 @@ from click.testing import CliRunner, Result
 from sqlalchemy import Connection, Engine, column, create_engine, insert, select, table, text
 
 from clerk_sync.cli import main
-from clerk_sync.settings import Settings, SettingsError
-from ingress.queue import LEDGER_DUE_KEY, LEDGER_MESSAGES_KEY
+from clerk_sync.core.queue import LEDGER_DUE_KEY, LEDGER_MESSAGES_KEY
+from clerk_sync.core.settings import Settings, SettingsError
 from models.migrate import alembic_config, upgrade
 from models.tables import webhook_events
 from tests.conftest import REDIS_URL, Send, queue_length, settings_env, wait_for
@@ -39,12 +39,12 @@ from tests.models.histories import ClerkHistory
 from tests.models.support import deliver, inbox_row, synced_state
 from workers.app import (
     PURGE_EVENTS_TASK,
-    WorkerRuntime,
     celery_configuration,
     create_celery_app,
     purge,
 )
 from workers.processing import dead_letter, describe_event, record_retry
+from workers.runtime import WorkerRuntime
 
 DAY_MS = 86_400_000
 NOW_MS = int(time.time() * 1000)

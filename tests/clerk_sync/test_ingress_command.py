@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from clerk_sync.cli import main
-from clerk_sync.settings import Settings
+from clerk_sync.core.settings import Settings
 from tests.conftest import WEBHOOK_SECRET, wait_for
 from tests.faults import IngressServer
 

@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from clerk_sync.logs import configure_logging
-from clerk_sync.settings import Settings, SettingsError
+from clerk_sync.core.logs import configure_logging
+from clerk_sync.core.settings import Settings, SettingsError
 
 
 def test_log_level_defaults_to_info_and_accepts_any_case() -> None:

@@ -13,9 +13,10 @@ import redis
 from click.testing import CliRunner, Result
 from sqlalchemy import Engine
 
+from clerk_sync.broker.publisher import Publisher
 from clerk_sync.cli import main
-from clerk_sync.settings import Settings
-from ingress.queue import LEDGER_DUE_KEY, Publisher, QueuedEvent
+from clerk_sync.core.queue import LEDGER_DUE_KEY, QueuedEvent
+from clerk_sync.core.settings import Settings
 from tests.conftest import queue_length, settings_env
 from tests.factories import body_of, event, membership_data, new_svix_id, organization_data
 from tests.models.support import deliver

@@ -20,9 +20,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from clerk_sync.settings import Settings
+from clerk_sync.core.queue import LEDGER_DUE_KEY, LEDGER_MESSAGES_KEY
+from clerk_sync.core.settings import Settings
 from ingress import create_app
-from ingress.queue import LEDGER_DUE_KEY, LEDGER_MESSAGES_KEY
 from tests.conftest import queue_length
 from tests.factories import body_of, event, organization_data, signed_headers
 

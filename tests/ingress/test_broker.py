@@ -12,7 +12,7 @@ import pytest
 import redis
 from flask.testing import FlaskClient
 
-from clerk_sync.settings import Settings
+from clerk_sync.core.settings import Settings
 from ingress import create_app
 from tests.conftest import WEBHOOK_SECRET
 from tests.factories import signed_headers

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, event, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from clerk_sync.settings import Settings
+from clerk_sync.core.settings import Settings
 from tests.conftest import WEBHOOK_SECRET
 from tests.factories import signed_headers
 from tests.ingress.conftest import WEBHOOK_PATH, assert_nothing_enqueued

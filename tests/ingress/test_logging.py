@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 
-from clerk_sync.settings import Settings
+from clerk_sync.core.settings import Settings
 from ingress import create_app
 from tests.conftest import SECOND_WEBHOOK_SECRET, WEBHOOK_SECRET
 from tests.factories import signed_headers

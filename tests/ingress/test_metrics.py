@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask.testing import FlaskClient
 
-from clerk_sync.settings import Settings
+from clerk_sync.core.settings import Settings
 from ingress import create_app
 from tests.conftest import SECOND_WEBHOOK_SECRET
 from tests.factories import signed_headers

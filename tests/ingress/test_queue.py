@@ -15,17 +15,16 @@ import pytest
 import redis
 from celery import Celery
 
-from clerk_sync.settings import Settings
-from ingress.queue import (
+from clerk_sync.broker.messages import RedisTaskMessages, random_uuid4
+from clerk_sync.broker.publisher import Publisher
+from clerk_sync.core.queue import (
     APPLY_EVENT_TASK,
     LEDGER_DUE_KEY,
     LEDGER_MESSAGES_KEY,
-    Publisher,
     QueuedEvent,
-    RedisTaskMessages,
     broker_configuration,
-    random_uuid4,
 )
+from clerk_sync.core.settings import Settings
 from tests.conftest import queue_length
 from tests.ingress.conftest import decode_message, ledger_ids
 

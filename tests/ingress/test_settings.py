@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from clerk_sync.cli import main
-from clerk_sync.settings import Settings, SettingsError, parse_webhook_secrets
+from clerk_sync.core.settings import Settings, SettingsError, parse_webhook_secrets
 from ingress import create_app
 from tests.conftest import SECOND_WEBHOOK_SECRET, WEBHOOK_SECRET
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from clerk_sync.settings import Settings
+from clerk_sync.core.settings import Settings
 from tests.conftest import queue_length
 from tests.factories import body_of, event, organization_data, signed_headers
 from tests.faults import IngressServer, WebhookClient

@@ -13,9 +13,9 @@ import pytest
 import redis
 from flask.testing import FlaskClient
 
-from clerk_sync.settings import Settings
+from clerk_sync.core.queue import APPLY_EVENT_TASK, LEDGER_MESSAGES_KEY
+from clerk_sync.core.settings import Settings
 from ingress import create_app
-from ingress.queue import APPLY_EVENT_TASK, LEDGER_MESSAGES_KEY
 from tests.conftest import SECOND_WEBHOOK_SECRET, WEBHOOK_SECRET, queue_length
 from tests.factories import new_svix_id, signed_headers
 from tests.ingress.conftest import (
@@ -308,10 +308,12 @@ def test_non_utf8_body_is_400(
         headers = {
             "svix-id": svix_id,
             "svix-timestamp": timestamp,
-            # An HMAC over the raw bytes: a signature that "matches" bytes svix cannot decode.
+            # An HMAC over the raw bytes, which is what standardwebhooks 1.3 checks.
             "svix-signature": hmac_signature(WEBHOOK_SECRET, svix_id, timestamp, body),
         }
-        assert_error(post(body, headers), 400, "invalid_signature")
+        # Signed over the raw bytes (standardwebhooks >= 1.3 checks them as they are): a valid
+        # signature over a body that is not UTF-8 text, so not a JSON payload.
+        assert_error(post(body, headers), 400, "malformed_payload")
     assert_nothing_enqueued(redis_client, settings)
 
 

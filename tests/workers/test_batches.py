@@ -25,8 +25,9 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select
 from sqlalchemy import event as sqlalchemy_event
 
-from clerk_sync.settings import Settings, SettingsError
-from ingress.queue import LEDGER_DUE_KEY, Publisher, QueuedEvent
+from clerk_sync.broker.publisher import Publisher
+from clerk_sync.core.queue import LEDGER_DUE_KEY, QueuedEvent
+from clerk_sync.core.settings import Settings, SettingsError
 from models.database import lock_organization
 from models.tables import (
     organization_memberships,
@@ -49,9 +50,10 @@ from tests.factories import (
 )
 from tests.models.histories import ClerkHistory, Delivery
 from tests.models.support import WORKSPACE_KEY, synced_tables, tombstone_rows
-from workers.app import WorkerRuntime, create_celery_app
+from workers.app import create_celery_app
 from workers.batches import BatchItem, prefetch_multiplier, process_batch
 from workers.processing import apply_batch, apply_event, dead_letter, describe_event
+from workers.runtime import WorkerRuntime
 
 RECEIVED_AT_MS = 1_800_000_000_000
 

@@ -29,9 +29,9 @@ import redis
 from sqlalchemy import Engine, select, text
 
 import tests.conftest
-from clerk_sync.settings import Settings
+from clerk_sync.core.queue import LEDGER_DUE_KEY
+from clerk_sync.core.settings import Settings
 from ingress import create_app
-from ingress.queue import LEDGER_DUE_KEY
 from models.database import make_engine
 from models.tables import webhook_events
 from tests.conftest import Send, WorkerProcess, empty_tables, queue_length, wait_for
@@ -584,9 +584,10 @@ def test_worker_sigterm_finishes_or_returns_what_it_holds_at_once(
     Celery, closing its consumer, gives up every task a pool process has not reported as
     started, although one already written to the process's pipe still runs: its messages go back
     on the queue (copies of applied events, ignored when delivered again). The worker's pool
-    (``workers.pool``) finishes writing a batch it had started to write and reads results until
-    its processes exit, so the stop takes about as long as the batches in hand, not forever (a
-    half-written batch) or 30 s (a result nobody reads), as with Celery's own prefork pool."""
+    (``clerk_sync.broker.pool``) finishes writing a batch it had started to write and reads
+    results until its processes exit, so the stop takes about as long as the batches in hand,
+    not forever (a half-written batch) or 30 s (a result nobody reads), as with Celery's own
+    prefork pool."""
     stream = clerk_stream(histories=4, organizations=4, events_per_history=50, seed=7)
     events = list(stream.events)
     random.Random(7).shuffle(events)
@@ -636,8 +637,8 @@ def test_worker_sigterm_while_a_batch_is_half_written_to_a_pool_process_stops_at
     """Batches of large payloads (about 600 KB, ten times what a pipe holds) and one pool
     process: while it applies a batch, the next one is written to its pipe only in part, so a
     SIGTERM almost always finds a batch half-written. Celery's own prefork pool then never
-    stops (its process waits for the rest of the batch); ``workers.pool`` finishes the write
-    and stops once the batches in hand are done."""
+    stops (its process waits for the rest of the batch); ``clerk_sync.broker.pool`` finishes the
+    write and stops once the batches in hand are done."""
     notes = {"notes": "n" * 6000}
     svix_ids = [
         send(event("organization.created", organization_data(public_metadata=notes)))

@@ -19,9 +19,11 @@ from kombu import serialization
 from kombu.utils.json import dumps as kombu_dumps
 from kombu.utils.json import loads as kombu_loads
 
-from clerk_sync.settings import Settings
-from ingress.queue import QueuedEvent, RedisTaskMessages, broker_configuration
-from workers.json_reading import read_broker_json_fast, read_json, read_payload
+from clerk_sync.broker.messages import RedisTaskMessages
+from clerk_sync.broker.transport import read_broker_json_fast
+from clerk_sync.core.json_reading import read_json, read_payload
+from clerk_sync.core.queue import QueuedEvent, broker_configuration
+from clerk_sync.core.settings import Settings
 
 BIG = 2**64
 

@@ -10,8 +10,8 @@ import pytest
 import redis
 from sqlalchemy import Engine
 
-from clerk_sync.settings import Settings
-from ingress.queue import LEDGER_DUE_KEY, LEDGER_MESSAGES_KEY
+from clerk_sync.core.queue import LEDGER_DUE_KEY, LEDGER_MESSAGES_KEY
+from clerk_sync.core.settings import Settings
 from tests.conftest import Send, inbox_row, queue_length, wait_for
 from tests.factories import event, organization_data
 from workers.app import create_celery_app, sweep

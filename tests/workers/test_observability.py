@@ -15,7 +15,7 @@ import pytest
 import redis
 from sqlalchemy import Engine
 
-from clerk_sync.settings import Settings
+from clerk_sync.core.settings import Settings
 from tests.conftest import ROOT, WEBHOOK_SECRET, Send, inbox_row, settings_env, wait_for
 from tests.factories import event, membership_data, organization_data
 from tests.servers import Samples, answers, free_port, metric_samples

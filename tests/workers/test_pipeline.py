@@ -15,7 +15,7 @@ import pytest
 import redis
 from sqlalchemy import Engine, select
 
-from clerk_sync.settings import Settings
+from clerk_sync.core.settings import Settings
 from models.tables import organization_memberships, organizations, webhook_events
 from tests.conftest import ROOT, settings_env, wait_for
 from tests.factories import (

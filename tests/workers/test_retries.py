@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, Engine, select, text
 
-from clerk_sync.settings import Settings
+from clerk_sync.core.settings import Settings
 from models.tables import organizations
 from tests.conftest import Send, inbox_row, wait_for
 from tests.factories import event, membership_data, organization_data

@@ -11,11 +11,12 @@ import redis
 from kombu import Consumer, Queue, serialization
 from kombu.exceptions import ContentDisallowed, DecodeError
 
-from clerk_sync.settings import Settings
-from ingress.queue import Publisher, QueuedEvent
+from clerk_sync.broker.publisher import Publisher
+from clerk_sync.broker.transport import Channel, Message
+from clerk_sync.core.queue import QueuedEvent
+from clerk_sync.core.settings import Settings
 from tests.conftest import queue_length
 from workers.app import create_celery_app
-from workers.transport import Channel, Message
 
 
 def publish(settings: Settings, count: int) -> list[str]:

@@ -1,12 +1,8 @@
-"""The queue contract between ingress and workers, and the ledger of accepted events.
+"""Celery task messages for the Redis queue list, and the ingress's one-round-trip accept.
 
-The ingress publishes an ordinary Celery task message (protocol 2) naming ``APPLY_EVENT_TASK``
-with arguments ``(svix_id, payload, received_at_ms)``; it never imports the worker code. On a
-Redis broker the message goes out in the same transaction (``MULTI``/``EXEC``) that writes the
-event to a ledger, so an accepted event is always both queued and in the ledger (one round trip);
-the worker removes it from the ledger only after the event's outcome is committed. kombu's Redis
-transport can lose a message taken by a worker that dies before recording it as unacknowledged;
-the ledger sweeper re-publishes whatever stays in the ledger too long.
+``RedisTaskMessages`` builds the message ``send_task`` over kombu's Redis transport would put on
+the queue, from a template Celery and kombu built once per process; ``ThreadConnections`` runs
+the accept transaction on one blocking Redis connection per request thread.
 """
 
 from __future__ import annotations
@@ -16,9 +12,7 @@ import json
 import os
 import socket
 import threading
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from random import getrandbits
 from typing import Any, Final
 
@@ -29,26 +23,16 @@ from celery.utils.nodenames import anon_nodename
 from hiredis import pack_command
 from kombu import serialization as kombu_serialization
 from kombu.connection import Connection
-from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.utils.json import dumps as kombu_json_dumps
 from kombu.utils.uuid import uuid
 
-from clerk_sync.settings import Settings
-from ingress.sockets import kernel_timeout
-
-APPLY_EVENT_TASK: Final = "clerk_sync.apply_event"
-SWEEP_LEDGER_TASK: Final = "clerk_sync.sweep_ledger"
-LEDGER_DUE_KEY: Final = "clerk-sync:ledger:due"
-LEDGER_MESSAGES_KEY: Final = "clerk-sync:ledger:messages"
-
+from clerk_sync.core.queue import APPLY_EVENT_TASK, QueuedEvent, redis_client
+from clerk_sync.core.settings import Settings
+from clerk_sync.core.sockets import kernel_timeout
 
 MULTI: Final = pack_command(("MULTI",))
 EXEC: Final = pack_command(("EXEC",))
 """The two commands around every accept transaction, in Redis's wire format."""
-
-BROKER_ERRORS: Final = (KombuOperationalError, redis.RedisError, OSError)
-"""What a broker that is down or unreachable raises (socket errors are ``OSError``)."""
-
 
 _process = [0]
 """How many forks this process is from the first one: per-process state (a Redis connection, a
@@ -61,70 +45,6 @@ def _count_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_count_fork)
-
-
-class BrokerUnavailableError(RuntimeError):
-    """The event could not be handed to the broker; it must not be acknowledged."""
-
-
-@dataclass(frozen=True)
-class QueuedEvent:
-    svix_id: str
-    payload: str
-    received_at_ms: int
-
-    def task_args(self) -> list[Any]:
-        return [self.svix_id, self.payload, self.received_at_ms]
-
-    def argsrepr(self) -> str:
-        """What Celery's logs and Flower show instead of the arguments: the payload holds names
-        and email addresses."""
-        return (
-            f"({self.svix_id!r}, <payload of {len(self.payload)} characters>, "
-            f"{self.received_at_ms})"
-        )
-
-
-def broker_configuration(settings: Settings) -> dict[str, Any]:
-    """Celery settings both sides must agree on (broker, queue, timeouts)."""
-    transport_options: dict[str, Any]
-    if settings.broker_url.startswith("filesystem://"):
-        transport_options = {
-            "data_folder_in": settings.broker_filesystem_dir,
-            "data_folder_out": settings.broker_filesystem_dir,
-            "processed_folder": settings.broker_filesystem_dir,
-            "store_processed": False,
-        }
-    else:
-        transport_options = {
-            "visibility_timeout": settings.visibility_timeout_seconds,
-            # kombu scans for unacknowledged tasks of vanished workers every interval x throttle
-            # seconds (10 x 10 by default); scan every 10 s so they return soon after the timeout.
-            "unacked_restore_throttle": 1,
-            "socket_connect_timeout": settings.broker_publish_timeout_seconds,
-            "socket_timeout": max(settings.broker_publish_timeout_seconds, 5.0),
-        }
-    return {
-        "broker_url": settings.broker_url,
-        "broker_transport_options": transport_options,
-        "broker_connection_timeout": settings.broker_publish_timeout_seconds,
-        "broker_connection_retry_on_startup": True,
-        "task_default_queue": settings.queue_name,
-        "task_serializer": "json",
-        "accept_content": ["json"],
-        "result_backend": None,
-        "task_ignore_result": True,
-    }
-
-
-def redis_client(settings: Settings) -> redis.Redis[bytes]:
-    """A client of the broker's Redis with the publish timeouts (a pool of connections,
-    thread-safe, reset by redis-py in a forked child)."""
-    return redis.Redis.from_url(
-        settings.broker_url,
-        socket_connect_timeout=settings.broker_publish_timeout_seconds,
-        socket_timeout=max(settings.broker_publish_timeout_seconds, 5.0),
-    )
 
 
 class ThreadConnections:
@@ -180,94 +100,6 @@ class ThreadConnections:
         sock.settimeout(None)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self._timeout)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, self._timeout)
-
-
-class Ledger:
-    """Accepted-but-not-yet-committed events, kept in Redis beside the queue."""
-
-    def __init__(self, client: redis.Redis[bytes]) -> None:
-        self._client = client
-
-    @classmethod
-    def for_settings(cls, settings: Settings) -> Ledger | None:
-        if not settings.uses_redis_broker:
-            return None
-        return cls(redis_client(settings))
-
-    @property
-    def client(self) -> redis.Redis[bytes]:
-        return self._client
-
-    @staticmethod
-    def accept(
-        event: QueuedEvent,
-        due_at: float,
-        message: tuple[str, str],
-        transact: Callable[[Sequence[tuple[Any, ...]]], list[Any]],
-    ) -> None:
-        """Write the ledger entry and push the task ``message`` (queue list, raw message) in
-        one transaction (``ThreadConnections.transact``): both or neither, and no worker can
-        take the message before its entry is in the ledger."""
-        queue_key, raw_message = message
-        transact(
-            [
-                ("HSET", LEDGER_MESSAGES_KEY, event.svix_id, _ledger_entry(event)),
-                ("ZADD", LEDGER_DUE_KEY, due_at, event.svix_id),
-                ("LPUSH", queue_key, raw_message),
-            ]
-        )
-
-    def remember(self, event: QueuedEvent, due_at: float) -> None:
-        pipeline = self._client.pipeline(transaction=True)
-        pipeline.hset(LEDGER_MESSAGES_KEY, event.svix_id, _ledger_entry(event))
-        pipeline.zadd(LEDGER_DUE_KEY, {event.svix_id: due_at})
-        pipeline.execute()
-
-    def forget(self, svix_ids: Sequence[str]) -> None:
-        if not svix_ids:
-            return
-        pipeline = self._client.pipeline(transaction=True)
-        self.forget_in(pipeline, svix_ids)
-        pipeline.execute()
-
-    @staticmethod
-    def forget_in(pipeline: Any, svix_ids: Sequence[str]) -> None:
-        """Queue ``forget``'s commands on a pipeline of another client of the same Redis (the
-        worker's acknowledgements), to run in its round trip."""
-        if svix_ids:
-            pipeline.zrem(LEDGER_DUE_KEY, *svix_ids)
-            pipeline.hdel(LEDGER_MESSAGES_KEY, *svix_ids)
-
-    def overdue(self, now: float, limit: int) -> list[QueuedEvent]:
-        svix_ids = [
-            member.decode() if isinstance(member, bytes) else str(member)
-            for member in self._client.zrangebyscore(LEDGER_DUE_KEY, 0, now, start=0, num=limit)
-        ]
-        if not svix_ids:
-            return []
-        events = []
-        for svix_id, stored in zip(
-            svix_ids, self._client.hmget(LEDGER_MESSAGES_KEY, svix_ids), strict=True
-        ):
-            if stored is None:
-                self._client.zrem(LEDGER_DUE_KEY, svix_id)
-                continue
-            payload, received_at_ms = json.loads(stored)
-            events.append(QueuedEvent(svix_id, payload, int(received_at_ms)))
-        return events
-
-    def postpone(self, svix_id: str, due_at: float) -> None:
-        self._client.zadd(LEDGER_DUE_KEY, {svix_id: due_at}, xx=True)
-
-    def size(self) -> int:
-        return int(self._client.zcard(LEDGER_DUE_KEY))
-
-    def ping(self) -> bool:
-        return bool(self._client.ping())
-
-
-def _ledger_entry(event: QueuedEvent) -> bytes:
-    return orjson.dumps([event.payload, event.received_at_ms])
 
 
 class RedisTaskMessages:
@@ -420,94 +252,3 @@ def _format_template(message_text: str) -> str:
 def _json_string_content(text: str) -> str:
     """``text`` escaped for use between the quotes of a JSON string."""
     return orjson.dumps(text).decode()[1:-1]
-
-
-class Publisher:
-    """Hands verified events to the broker as Celery task messages, together with their ledger
-    entry, so that an acknowledged event is never only in a worker's memory.
-
-    On a Redis broker one transaction, one round trip, writes the ledger entry and pushes the
-    message (both or neither); other brokers (the filesystem broker of ``dev``) go through
-    Celery's ``send_task``.
-    """
-
-    def __init__(self, settings: Settings, celery_app: Celery | None = None) -> None:
-        self._settings = settings
-        if celery_app is None:
-            celery_app = Celery("clerk_sync_ingress", set_as_current=False)
-            celery_app.conf.update(broker_configuration(settings))
-        self._celery = celery_app
-        self.ledger = Ledger.for_settings(settings)
-        self._messages = (
-            RedisTaskMessages(celery_app, settings.queue_name) if self.ledger is not None else None
-        )
-        self._connections = ThreadConnections(settings) if self.ledger is not None else None
-
-    def publish(self, event: QueuedEvent) -> None:
-        """Return once the broker holds the message and the ledger the event, else raise
-        ``BrokerUnavailableError``."""
-        due_at = time.time() + self._settings.ledger_redeliver_after_seconds
-        try:
-            if self.ledger is None or self._messages is None or self._connections is None:
-                self._send_task(event)
-                return
-            self.ledger.accept(
-                event, due_at, self._messages.build(event), self._connections.transact
-            )
-        except BROKER_ERRORS as error:
-            raise BrokerUnavailableError(type(error).__name__) from error
-
-    def send(
-        self,
-        event: QueuedEvent,
-        *,
-        task_id: str | None = None,
-        retries: int = 0,
-        countdown: float | None = None,
-    ) -> None:
-        """Publish the task message alone: the sweeper re-sends events already in the ledger,
-        and a worker retrying an event sends it again (same ``task_id``, ``retries`` counted,
-        due after ``countdown`` seconds). Broker errors propagate as they are."""
-        if self.ledger is None or self._messages is None:
-            self._send_task(event, task_id=task_id, retries=retries, countdown=countdown)
-            return
-        if retries or countdown is not None:
-            key, message = self._messages.build_with_celery(
-                event, task_id=task_id, retries=retries, countdown=countdown
-            )
-        else:
-            key, message = self._messages.build(event, task_id)
-        self.ledger.client.lpush(key, message)
-
-    def _send_task(
-        self,
-        event: QueuedEvent,
-        *,
-        task_id: str | None = None,
-        retries: int = 0,
-        countdown: float | None = None,
-    ) -> None:
-        self._celery.send_task(
-            APPLY_EVENT_TASK,
-            args=event.task_args(),
-            queue=self._settings.queue_name,
-            task_id=task_id,
-            retries=retries,
-            countdown=countdown,
-            argsrepr=event.argsrepr(),
-            retry=True,
-            retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2},
-        )
-
-    def ping(self) -> bool:
-        """Whether the broker answers now (for ``/readyz``)."""
-        try:
-            if self.ledger is not None:
-                return self.ledger.ping()
-            with self._celery.connection_for_write() as connection:
-                connection.ensure_connection(
-                    max_retries=1, timeout=self._settings.broker_publish_timeout_seconds
-                )
-        except BROKER_ERRORS:
-            return False
-        return True

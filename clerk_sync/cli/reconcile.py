@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 import click
 
-from clerk_sync.settings import SettingsError
+from clerk_sync.core.settings import SettingsError
 
 
 class ProgressBars:
@@ -73,7 +73,7 @@ def reconcile_command(
     rules (a newer version wins, an older one is ignored); deletes and tombstones what Clerk no
     longer has, except what was written since the run started. Needs CLERK_SECRET_KEY.
     """
-    from clerk_sync.cli import load_settings
+    from clerk_sync.cli.common import load_settings
     from models.database import make_engine
     from workers.reconcile import ReconcileBusyError, ReconcileError, reconcile_with_settings
 

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import orjson
-from kombu import serialization
 from kombu.utils import json as kombu_json
 
 KOMBU_TYPE_KEY: Final = "__type__"
@@ -73,15 +72,3 @@ def _read_differently(value: Any, *, kombu_types: bool) -> bool:
         elif kind is float:
             return True
     return False
-
-
-def read_broker_json_fast() -> None:
-    """Decode ``application/json`` messages with ``read_json`` in this process (kombu's
-    registry; encoding stays kombu's)."""
-    serialization.register(  # type: ignore[no-untyped-call]
-        "json",
-        kombu_json.dumps,
-        read_json,
-        content_type="application/json",
-        content_encoding="utf-8",
-    )

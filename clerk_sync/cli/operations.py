@@ -1,8 +1,8 @@
 """Operator commands: ``clerk-sync events list|show|replay|purge``, ``rebuild`` and ``status``.
 
 The queries live in ``models.inbox``; this module parses options, prints, and does the one thing
-``models`` may not: hand replayed events to the broker (``ingress.queue.Publisher``, the same
-task message and ledger the ingress uses). Stored payloads are trusted as they are: they were
+``models`` may not: hand replayed events to the broker (``clerk_sync.broker.publisher``, the
+same task message and ledger the ingress uses). Stored payloads are trusted as they are: they were
 verified when they arrived, and their signatures have long expired.
 """
 
@@ -39,7 +39,7 @@ from models.inbox import (
 )
 
 if TYPE_CHECKING:
-    from clerk_sync.settings import Settings
+    from clerk_sync.core.settings import Settings
 
 T = TypeVar("T")
 
@@ -170,7 +170,7 @@ def build_filter(
 
 
 def load_settings() -> Settings:
-    from clerk_sync.cli import load_settings as load
+    from clerk_sync.cli.common import load_settings as load
 
     return load()
 
@@ -506,7 +506,8 @@ def replay(
     (e.g. a lock wait beyond ``lock_timeout`` behind a busy worker) retries the batch; a copy
     published by the failed attempt is a harmless duplicate.
     """
-    from ingress.queue import BrokerUnavailableError, Publisher, QueuedEvent
+    from clerk_sync.broker.publisher import Publisher
+    from clerk_sync.core.queue import BrokerUnavailableError, QueuedEvent
 
     publisher = Publisher(settings)
     still_matches = replace(event_filter, svix_ids=())  # the batch names the ids
@@ -763,7 +764,7 @@ def _broker_status(settings: Settings, now: datetime) -> tuple[int, int, dict[st
     longest since it was last published) with its receipt time."""
     import redis
 
-    from ingress.queue import LEDGER_DUE_KEY, LEDGER_MESSAGES_KEY
+    from clerk_sync.core.queue import LEDGER_DUE_KEY, LEDGER_MESSAGES_KEY
 
     client: redis.Redis[bytes] = redis.Redis.from_url(
         settings.broker_url,

@@ -27,7 +27,7 @@ from billiard.pool import TERMINATE, WorkersJoined
 from celery.concurrency import asynpool, prefork
 from celery.concurrency.asynpool import iterate_file_descriptors_safely
 
-POOL: Final = "workers.pool:TaskPool"
+POOL: Final = "clerk_sync.broker.pool:TaskPool"
 """What ``worker_pool`` names."""
 
 

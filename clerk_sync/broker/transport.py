@@ -28,15 +28,17 @@ import time
 from typing import Any, Final
 
 import redis
+from kombu import serialization
 from kombu.exceptions import DecodeError
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.transport.virtual import QoS as VirtualQoS
+from kombu.utils import json as kombu_json
 from kombu.utils.json import dumps
 
-from workers.json_reading import read_json
+from clerk_sync.core.json_reading import read_json
 
-TRANSPORT: Final = "workers.transport:Transport"
+TRANSPORT: Final = "clerk_sync.broker.transport:Transport"
 MAX_FETCH: Final = 100
 """Most messages taken per round trip (and delivered before the event loop runs again)."""
 
@@ -146,6 +148,33 @@ class Channel(kombu_redis.Channel):
     _fetch_script: Any = None
     _fetches = True
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.consumer_queues: dict[str, tuple[str, bool]] = {}
+        """Queue, and whether it acknowledges its messages, by consumer tag. Only queues all of
+        whose consumers acknowledge are fetched from: Celery's control replies (mingle's,
+        inspect's, Flower's) are consumed without acknowledgement, and a record of one in the
+        unacked hash would never be removed; it would come back after the visibility timeout
+        into a reply queue no one reads."""
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+    def basic_consume(
+        self, queue: str, no_ack: bool, callback: Any, consumer_tag: str, **kwargs: Any
+    ) -> Any:
+        result = super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)  # type: ignore[no-untyped-call]
+        self.consumer_queues[consumer_tag] = (queue, not no_ack)
+        return result
+
+    def basic_cancel(self, consumer_tag: str) -> Any:
+        self.consumer_queues.pop(consumer_tag, None)
+        return super().basic_cancel(consumer_tag)  # type: ignore[no-untyped-call]
+
+    def _acknowledged_queues(self) -> list[str]:
+        """The active queues, in kombu's fair-cycle order, that only acknowledging consumers
+        consume."""
+        without_ack = {queue for queue, acks in self.consumer_queues.values() if not acks}
+        with_ack = {queue for queue, acks in self.consumer_queues.values() if acks}
+        return [q for q in self.active_queues if q in with_ack and q not in without_ack]
+
     def _create_client(self, asynchronous: bool = False) -> Any:
         """One client per channel and pool for synchronous commands (kombu builds one per
         command, which copies redis-py's table of about 200 reply callbacks each time)."""
@@ -192,7 +221,7 @@ class Channel(kombu_redis.Channel):
         room = self.qos.can_consume_max_estimate()
         count = MAX_FETCH if room is None else max(0, min(room, MAX_FETCH))
         records = [part for tag_and_record in deferred for part in tag_and_record]
-        for queue in self.active_queues:
+        for queue in self._acknowledged_queues():
             client = self._create_client()
             try:
                 items = self._fetch_script(
@@ -235,3 +264,15 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+def read_broker_json_fast() -> None:
+    """Decode ``application/json`` messages with ``read_json`` in this process (kombu's
+    registry; encoding stays kombu's)."""
+    serialization.register(  # type: ignore[no-untyped-call]
+        "json",
+        kombu_json.dumps,
+        read_json,
+        content_type="application/json",
+        content_encoding="utf-8",
+    )

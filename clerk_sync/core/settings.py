@@ -157,6 +157,7 @@ class Settings:
     log_format: str = "json"
     log_level: str = "INFO"
     worker_metrics_port: int = 9808
+    allow_untested_versions: bool = False
     batch_size: int = 100
     """Most events a worker applies in one database transaction; 1 applies them one by one."""
     batch_flush_interval_ms: int = 50
@@ -239,6 +240,7 @@ class Settings:
             batch_flush_interval_ms=_int(
                 env, "CLERK_SYNC_BATCH_FLUSH_INTERVAL_MS", defaults.batch_flush_interval_ms, 1
             ),
+            allow_untested_versions=_flag(env, "CLERK_SYNC_ALLOW_UNTESTED_VERSIONS"),
         )
         settings.check_retry_window()
         settings.check_batch_window()
@@ -310,3 +312,12 @@ class Settings:
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    value = env.get(name, "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise SettingsError(f"{name}: expected 1 or 0 (true or false), got {value!r}")

@@ -14,17 +14,12 @@ from typing import Any
 
 import click
 
-from clerk_sync.logs import configure_logging
-from clerk_sync.process import use_multiprocess_metrics
-from clerk_sync.settings import Settings, SettingsError
-
-
-def load_settings(**overrides: Any) -> Settings:
-    try:
-        settings = Settings.from_env()
-    except SettingsError as error:
-        raise click.ClickException(str(error)) from None
-    return settings.with_overrides(**overrides) if overrides else settings
+from clerk_sync.cli.common import load_settings, require_tested_versions
+from clerk_sync.cli.operations import COMMANDS as OPERATOR_COMMANDS
+from clerk_sync.cli.process import use_multiprocess_metrics
+from clerk_sync.cli.reconcile import reconcile_command
+from clerk_sync.core.logs import configure_logging
+from clerk_sync.core.settings import Settings, SettingsError
 
 
 @click.group()
@@ -59,6 +54,7 @@ def ingress(bind: str, worker_count: int, threads: int) -> None:
         settings.require_webhook_secrets()
     except SettingsError as error:
         raise click.ClickException(str(error)) from None
+    require_tested_versions(settings)
     reuse_port = _each_worker_can_listen(bind)
     configure_logging(settings.log_format, settings.log_level)
     use_multiprocess_metrics()
@@ -134,6 +130,7 @@ def _say_each_worker_listens(bind: str) -> Any:
 def worker(ctx: click.Context, concurrency: int | None, beat: bool) -> None:
     """Run a Celery worker consuming the event queue (extra options go to Celery)."""
     settings = load_settings()
+    require_tested_versions(settings)
     use_multiprocess_metrics()
     from workers.app import create_celery_app
 
@@ -153,7 +150,9 @@ def flower(ctx: click.Context, port: int) -> None:
     """Run Flower, the Celery dashboard, for this queue (set FLOWER_BASIC_AUTH=user:password)."""
     from workers.app import create_celery_app
 
-    app = create_celery_app(load_settings())
+    settings = load_settings()
+    require_tested_versions(settings)
+    app = create_celery_app(settings)
     app.start(["flower", f"--port={port}", *ctx.args])
 
 
@@ -216,11 +215,5 @@ def dev(host: str, port: int, data_dir: Path) -> None:
         worker_process.wait(timeout=30)
 
 
-from clerk_sync.operations import COMMANDS as OPERATOR_COMMANDS  # noqa: E402 - after `main`
-
-for command in OPERATOR_COMMANDS:
+for command in [*OPERATOR_COMMANDS, reconcile_command]:
     main.add_command(command)
-
-from clerk_sync.reconcile_cli import reconcile_command  # noqa: E402 - after `main`
-
-main.add_command(reconcile_command)

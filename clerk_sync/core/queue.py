@@ -1,0 +1,184 @@
+"""The queue contract between the ingress and the workers, and the ledger of accepted events.
+
+The ingress publishes an ordinary Celery task message (protocol 2) naming ``APPLY_EVENT_TASK``
+with arguments ``(svix_id, payload, received_at_ms)``; neither side imports the other. On a
+Redis broker the message goes out in the same transaction that writes the event to the ledger
+(``clerk_sync.broker.publisher``), so an accepted event is always both queued and in the ledger;
+the worker removes it from the ledger only after the event's outcome is committed. kombu's Redis
+transport can lose a message taken by a worker that dies before recording it as unacknowledged;
+the ledger sweeper re-publishes whatever stays in the ledger too long.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+import redis
+from kombu.exceptions import OperationalError as KombuOperationalError
+
+from clerk_sync.core.settings import Settings
+
+APPLY_EVENT_TASK: Final = "clerk_sync.apply_event"
+SWEEP_LEDGER_TASK: Final = "clerk_sync.sweep_ledger"
+LEDGER_DUE_KEY: Final = "clerk-sync:ledger:due"
+LEDGER_MESSAGES_KEY: Final = "clerk-sync:ledger:messages"
+
+
+BROKER_ERRORS: Final = (KombuOperationalError, redis.RedisError, OSError)
+"""What a broker that is down or unreachable raises (socket errors are ``OSError``)."""
+
+
+class BrokerUnavailableError(RuntimeError):
+    """The event could not be handed to the broker; it must not be acknowledged."""
+
+
+@dataclass(frozen=True)
+class QueuedEvent:
+    svix_id: str
+    payload: str
+    received_at_ms: int
+
+    def task_args(self) -> list[Any]:
+        return [self.svix_id, self.payload, self.received_at_ms]
+
+    def argsrepr(self) -> str:
+        """What Celery's logs and Flower show instead of the arguments: the payload holds names
+        and email addresses."""
+        return (
+            f"({self.svix_id!r}, <payload of {len(self.payload)} characters>, "
+            f"{self.received_at_ms})"
+        )
+
+
+def broker_configuration(settings: Settings) -> dict[str, Any]:
+    """Celery settings both sides must agree on (broker, queue, timeouts)."""
+    transport_options: dict[str, Any]
+    if settings.broker_url.startswith("filesystem://"):
+        transport_options = {
+            "data_folder_in": settings.broker_filesystem_dir,
+            "data_folder_out": settings.broker_filesystem_dir,
+            "processed_folder": settings.broker_filesystem_dir,
+            "store_processed": False,
+        }
+    else:
+        transport_options = {
+            "visibility_timeout": settings.visibility_timeout_seconds,
+            # kombu scans for unacknowledged tasks of vanished workers every interval x throttle
+            # seconds (10 x 10 by default); scan every 10 s so they return soon after the timeout.
+            "unacked_restore_throttle": 1,
+            "socket_connect_timeout": settings.broker_publish_timeout_seconds,
+            "socket_timeout": max(settings.broker_publish_timeout_seconds, 5.0),
+        }
+    return {
+        "broker_url": settings.broker_url,
+        "broker_transport_options": transport_options,
+        "broker_connection_timeout": settings.broker_publish_timeout_seconds,
+        "broker_connection_retry_on_startup": True,
+        "task_default_queue": settings.queue_name,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_backend": None,
+        "task_ignore_result": True,
+    }
+
+
+def redis_client(settings: Settings) -> redis.Redis[bytes]:
+    """A client of the broker's Redis with the publish timeouts (a pool of connections,
+    thread-safe, reset by redis-py in a forked child)."""
+    return redis.Redis.from_url(
+        settings.broker_url,
+        socket_connect_timeout=settings.broker_publish_timeout_seconds,
+        socket_timeout=max(settings.broker_publish_timeout_seconds, 5.0),
+    )
+
+
+class Ledger:
+    """Accepted-but-not-yet-committed events, kept in Redis beside the queue."""
+
+    def __init__(self, client: redis.Redis[bytes]) -> None:
+        self._client = client
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Ledger | None:
+        if not settings.uses_redis_broker:
+            return None
+        return cls(redis_client(settings))
+
+    @property
+    def client(self) -> redis.Redis[bytes]:
+        return self._client
+
+    @staticmethod
+    def accept(
+        event: QueuedEvent,
+        due_at: float,
+        message: tuple[str, str],
+        transact: Callable[[Sequence[tuple[Any, ...]]], list[Any]],
+    ) -> None:
+        """Write the ledger entry and push the task ``message`` (queue list, raw message) in
+        one transaction (``ThreadConnections.transact``): both or neither, and no worker can
+        take the message before its entry is in the ledger."""
+        queue_key, raw_message = message
+        transact(
+            [
+                ("HSET", LEDGER_MESSAGES_KEY, event.svix_id, _ledger_entry(event)),
+                ("ZADD", LEDGER_DUE_KEY, due_at, event.svix_id),
+                ("LPUSH", queue_key, raw_message),
+            ]
+        )
+
+    def remember(self, event: QueuedEvent, due_at: float) -> None:
+        pipeline = self._client.pipeline(transaction=True)
+        pipeline.hset(LEDGER_MESSAGES_KEY, event.svix_id, _ledger_entry(event))
+        pipeline.zadd(LEDGER_DUE_KEY, {event.svix_id: due_at})
+        pipeline.execute()
+
+    def forget(self, svix_ids: Sequence[str]) -> None:
+        if not svix_ids:
+            return
+        pipeline = self._client.pipeline(transaction=True)
+        self.forget_in(pipeline, svix_ids)
+        pipeline.execute()
+
+    @staticmethod
+    def forget_in(pipeline: Any, svix_ids: Sequence[str]) -> None:
+        """Queue ``forget``'s commands on a pipeline of another client of the same Redis (the
+        worker's acknowledgements), to run in its round trip."""
+        if svix_ids:
+            pipeline.zrem(LEDGER_DUE_KEY, *svix_ids)
+            pipeline.hdel(LEDGER_MESSAGES_KEY, *svix_ids)
+
+    def overdue(self, now: float, limit: int) -> list[QueuedEvent]:
+        svix_ids = [
+            member.decode() if isinstance(member, bytes) else str(member)
+            for member in self._client.zrangebyscore(LEDGER_DUE_KEY, 0, now, start=0, num=limit)
+        ]
+        if not svix_ids:
+            return []
+        events = []
+        for svix_id, stored in zip(
+            svix_ids, self._client.hmget(LEDGER_MESSAGES_KEY, svix_ids), strict=True
+        ):
+            if stored is None:
+                self._client.zrem(LEDGER_DUE_KEY, svix_id)
+                continue
+            payload, received_at_ms = json.loads(stored)
+            events.append(QueuedEvent(svix_id, payload, int(received_at_ms)))
+        return events
+
+    def postpone(self, svix_id: str, due_at: float) -> None:
+        self._client.zadd(LEDGER_DUE_KEY, {svix_id: due_at}, xx=True)
+
+    def size(self) -> int:
+        return int(self._client.zcard(LEDGER_DUE_KEY))
+
+    def ping(self) -> bool:
+        return bool(self._client.ping())
+
+
+def _ledger_entry(event: QueuedEvent) -> bytes:
+    return orjson.dumps([event.payload, event.received_at_ms])
