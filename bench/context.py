@@ -39,6 +39,15 @@ class Plan:
     wrk_threads: int = 2
     worker_concurrency: int = 2
     e2e_rate: float = 200.0
+    hacks_events: int = 20_000
+    """Backlog of every drain of the ``hacks`` benchmark."""
+    hacks_drain_window: float = 20.0
+    """A drain of ``hacks`` is measured until the backlog is empty or this many seconds of
+    processing have passed (a variant that is many times slower is measured on part of it)."""
+    hacks_rounds: int = 3
+    """Rounds of ``hacks``'s worker and ingress comparisons (each variant once per round)."""
+    hacks_wrk_seconds: float = 8.0
+    hacks_e2e_rounds: int = 2
 
     @classmethod
     def full(cls) -> Plan:
@@ -80,6 +89,11 @@ class Plan:
             table_rows=50_000,
             table_events=500,
             table_repeats=1,
+            hacks_events=1_500,
+            hacks_drain_window=5.0,
+            hacks_rounds=1,
+            hacks_wrk_seconds=2.0,
+            hacks_e2e_rounds=1,
         )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,16 +54,21 @@ def start_worker(
     name: str,
     concurrency: int,
     work_dir: Path,
+    *,
+    module: str = "clerk_sync",
+    extra_env: Mapping[str, str] | None = None,
 ) -> Child:
-    """``clerk-sync worker --concurrency N`` (the shipped command), ready to consume."""
+    """``clerk-sync worker --concurrency N`` (the shipped command), ready to consume. ``module``
+    and ``extra_env``: run it through another launcher (``bench.stock``), with more settings."""
     env = clerk_sync_env(
         services, database.url, queue=queue, metrics_dir=work_dir / f"metrics-{name}"
     )
+    env.update(extra_env or {})
     child = supervisor.start(
         name,
         python_command(
             "-m",
-            "clerk_sync",
+            module,
             "worker",
             "--concurrency",
             str(concurrency),
@@ -183,10 +188,14 @@ def run_drain(
     sample_memory: bool = False,
     keep_tables: bool = False,
     on_started: Callable[[Child], None] | None = None,
+    after_prefill: Callable[[], None] | None = None,
+    module: str = "clerk_sync",
+    extra_env: Mapping[str, str] | None = None,
 ) -> tuple[Drain, float]:
     """Empty the queue and the tables (only ``webhook_events`` if ``keep_tables``), publish
     ``events``, start a worker, wait for all of them to be finished, stop the worker. Returns
-    the drain and the seconds the publishing took."""
+    the drain and the seconds the publishing took. ``after_prefill`` runs once the queue is
+    full, just before the worker starts; ``module`` and ``extra_env`` go to ``start_worker``."""
     queue = f"bench-{name}-{uuid.uuid4().hex[:6]}"
     services.flush_redis()
     if keep_tables:
@@ -194,7 +203,19 @@ def run_drain(
     else:
         database.empty()
     publish_seconds = prefill(services, queue, events)
-    worker = start_worker(supervisor, services, database, queue, name, concurrency, work_dir)
+    if after_prefill is not None:
+        after_prefill()
+    worker = start_worker(
+        supervisor,
+        services,
+        database,
+        queue,
+        name,
+        concurrency,
+        work_dir,
+        module=module,
+        extra_env=extra_env,
+    )
     try:
         if on_started is not None:
             on_started(worker)
@@ -251,17 +272,21 @@ def start_ingress(
     threads: int,
     app: str = "ingress",
     database_url: str = "sqlite://",
+    module: str = "clerk_sync",
+    extra_env: Mapping[str, str] | None = None,
 ) -> Server:
     """``clerk-sync ingress`` on a free loopback port, answering ``/healthz``; ``app`` "bare"
-    or "floor": the same command serving ``bench.bare``'s endpoint instead of the webhook app."""
+    or "floor": the same command serving ``bench.bare``'s endpoint instead of the webhook app.
+    ``module`` and ``extra_env``: the ingress through another launcher (``bench.stock``)."""
     port = free_port()
     options = [f"--bind=127.0.0.1:{port}", f"--workers={workers}", f"--threads={threads}"]
     if app == "ingress":
-        command = python_command("-m", "clerk_sync", "ingress", *options)
+        command = python_command("-m", module, "ingress", *options)
     else:
         extra = ["--floor"] if app == "floor" else []
         command = python_command("-m", "bench.bare", *options, *extra)
     env = clerk_sync_env(services, database_url, queue=queue, metrics_dir=work_dir / f"m-{name}")
+    env.update(extra_env or {})
     child = supervisor.start(name, command, env)
     url = f"http://127.0.0.1:{port}"
     wait_until(

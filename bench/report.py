@@ -74,7 +74,8 @@ def summary_table(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {bench['title']} | {ratio['name']} | {_measure_text(subject)} | "
                 f"{_measure_text(baseline)} ({ratio['baseline']}) | {_ratio_text(ratio)} | "
-                f"{_target_text(ratio['target'])} | {_verdict(ratio['met'])} |"
+                f"{_target_text(ratio['target'])} | "
+                f"{ratio.get('verdict') or _verdict(ratio['met'])} |"
             )
         for check in bench["checks"]:
             lines.append(
@@ -155,6 +156,9 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [f"## {bench['title']} (`--only {bench['name']}`)", "", bench["description"], ""]
         if bench["error"]:
             lines += [f"**Error:** {bench['error']}", ""]
+        if bench["details"].get("markdown"):
+            # A benchmark's own table (``hacks``: one row per hack), before its measures.
+            lines += [*bench["details"]["markdown"], ""]
         if bench["measures"]:
             lines += ["| measure | median | min | max | repeats |", "|---|---|---|---|---|"]
             for measure in bench["measures"]:

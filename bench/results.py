@@ -69,6 +69,8 @@ class Ratio:
     baseline: Measure
     target: str | None = None
     """e.g. ``>= 0.5``; None: reported, no target."""
+    verdict: str | None = None
+    """What the report says of a ratio without a target, instead of "(reported)"."""
 
     @property
     def value(self) -> float:
@@ -121,6 +123,7 @@ class Ratio:
             "max": high,
             "target": self.target,
             "met": self.met,
+            "verdict": self.verdict,
         }
 
 

@@ -156,6 +156,11 @@ def settings_env(settings: Settings) -> dict[str, str]:
             ),
             "CLERK_SYNC_BATCH_SIZE": str(settings.batch_size),
             "CLERK_SYNC_BATCH_FLUSH_INTERVAL_MS": str(settings.batch_flush_interval_ms),
+            # scripts/upgrade-canary runs the broker tests with newer libraries.
+            "CLERK_SYNC_ALLOW_UNTESTED_VERSIONS": os.environ.get(
+                "CLERK_SYNC_ALLOW_UNTESTED_VERSIONS",
+                "1" if settings.allow_untested_versions else "0",
+            ),
         }
     )
     return env
