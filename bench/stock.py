@@ -5,12 +5,15 @@ switched back to the stock behaviour of celery, kombu and redis-py (benchmarks o
 The ``hacks`` benchmark (``bench.hacks_bench``) measures what each one buys: it runs the shipped
 code and, next to it, variants in which one hack is undone. This launcher undoes them:
 
-    CLERK_SYNC_BENCH_STOCK=fetch,decode python -m bench.stock worker --concurrency 2
+    CLERK_SYNC_BENCH_STOCK=fetch,bulk-ack python -m bench.stock worker --concurrency 2
 
 patches the classes and functions of ``clerk_sync.broker`` named by ``HACKS`` in this process,
 then runs ``clerk_sync.cli.main()`` exactly as ``python -m clerk_sync`` does. Pool processes
 (Celery's prefork pool, gunicorn's workers) fork from this process and inherit the patches. With
 the variable empty it patches nothing: the shipped code, through the same launcher.
+
+A hack that is no longer in the shipped code (measured, found wanting, removed) is not
+``present()``: the benchmark skips it, and the launcher refuses to patch it.
 
 What it prints (to the process's log, for the harness to check that a patch took effect):
 
@@ -27,7 +30,10 @@ Nothing here is imported by clerk-sync; patches live here and nowhere else.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import importlib
 import os
+import pkgutil
 import sys
 import threading
 from collections import Counter
@@ -63,22 +69,111 @@ def _say_once(key: str, text: str) -> None:
     say(text)
 
 
+# Where the hacks live. The code moves (and hacks go, once measured): each patch finds its target
+# by name, ``present()`` says whether it is still there, and a function is replaced wherever
+# ``clerk_sync.broker`` or ``workers`` bound it.
+
+
+def _transport() -> Any:
+    from clerk_sync.broker import transport
+
+    return transport
+
+
+def _broker_modules() -> list[Any]:
+    """Every module of ``clerk_sync.broker``, imported."""
+    import clerk_sync.broker as package
+
+    return [
+        importlib.import_module(f"{package.__name__}.{info.name}")
+        for info in pkgutil.iter_modules(package.__path__)
+        if info.name != "stock"  # the package's own stock variants are not shipped code
+    ]
+
+
+def _bound(name: str) -> list[tuple[Any, Any]]:
+    """(module, function) for each module of ``clerk_sync.broker``, and of ``workers`` already
+    imported, that binds a function of clerk-sync's called ``name``."""
+    modules = _broker_modules()
+    modules += [
+        module
+        for module_name, module in sorted(sys.modules.items())
+        if module_name.startswith("workers.") and module is not None
+    ]
+    found = []
+    for module in modules:
+        function = vars(module).get(name)
+        if callable(function) and getattr(function, "__module__", "").startswith("clerk_sync."):
+            found.append((module, function))
+    return found
+
+
+def _replace_everywhere(name: str, replacement: Callable[..., Any]) -> None:
+    bound = _bound(name)
+    if not bound:
+        raise SystemExit(f"{MARKER} no function {name} in clerk_sync.broker: nothing to patch")
+    for module, _function in bound:
+        setattr(module, name, replacement)
+
+
+def _message_class() -> Any:
+    """The transport's own message class, if it still has one that decodes."""
+    message = vars(_transport()).get("Message")
+    return message if message is not None and "_decode" in vars(message) else None
+
+
+def _has_fetch() -> bool:
+    return hasattr(_transport().Channel, "_fetches")
+
+
+def _has_deferred_record() -> bool:
+    return hasattr(_transport().QoS, "take_deferred")
+
+
+def _has_client_cache() -> bool:
+    return "_create_client" in vars(_transport().Channel)
+
+
+def _has_decode() -> bool:
+    return _message_class() is not None or bool(_bound("read_broker_json_fast"))
+
+
+def _has_bulk_ack() -> bool:
+    return bool(_bound("acknowledge_all"))
+
+
+def _has_template() -> bool:
+    from clerk_sync.broker.messages import RedisTaskMessages
+
+    return hasattr(RedisTaskMessages, "build") and hasattr(RedisTaskMessages, "build_with_celery")
+
+
+def _has_kernel_timeouts() -> bool:
+    from clerk_sync.broker.messages import ThreadConnections
+
+    return hasattr(ThreadConnections, "_block_with_kernel_timeouts")
+
+
+def _has_batching() -> bool:
+    from clerk_sync.broker import batching
+
+    return hasattr(batching, "BatchingTask")
+
+
 # The patches, one per hack. Each undoes exactly one hack, and leaves the rest shipped.
 
 
 def _stock_fetch() -> None:
     """kombu receives one message per ``BRPOP`` and records it itself (``QoS.append``): the
     transport's own switch, which it also flips on a Redis older than 6.2."""
-    from clerk_sync.broker.transport import Channel
-
-    Channel._fetches = False
+    _transport().Channel._fetches = False
 
 
 def _stock_deferred_record() -> None:
     """Fetching stays, but the ``BRPOP``'s own message is recorded as kombu records it, in a
     round trip of its own: ``QoS.deferring`` reads False whatever ``_brpop_read`` sets, so
     ``QoS.append`` goes through kombu's ``append`` and the fetch script gets no record to add."""
-    from clerk_sync.broker.transport import QoS
+    qos = _transport().QoS
 
     def never(_qos: Any) -> bool:
         return False
@@ -87,7 +182,7 @@ def _stock_deferred_record() -> None:
         if value:
             _count("deferrals refused (BRPOP messages recorded by kombu)")
 
-    QoS.deferring = property(never, refuse)  # type: ignore[assignment]
+    qos.deferring = property(never, refuse)
 
 
 def _stock_client_cache() -> None:
@@ -96,17 +191,17 @@ def _stock_client_cache() -> None:
     is called with an explicit client, so any client of the pool runs it)."""
     from kombu.transport import redis as kombu_redis
 
-    from clerk_sync.broker import transport
+    transport = _transport()
 
     def _create_client(self: Any, asynchronous: bool = False) -> Any:
         client = kombu_redis.Channel._create_client(self, asynchronous=asynchronous)
         if not asynchronous:
             _count("synchronous redis clients created")
-            if self._fetch_script is None:
+            if getattr(self, "_fetch_script", None) is None:
                 self._fetch_script = client.register_script(transport.FETCH_SCRIPT)
         return client
 
-    transport.Channel._create_client = _create_client  # type: ignore[method-assign]
+    transport.Channel._create_client = _create_client
 
 
 def _skip_json_registration() -> None:
@@ -118,21 +213,20 @@ def _stock_decode() -> None:
     JSON decoder: the worker's ``worker_init`` handler registers nothing."""
     from kombu.transport import virtual
 
-    from clerk_sync.broker import transport
-
-    transport.Message._decode = virtual.Message._decode  # type: ignore[method-assign]
-    transport.read_broker_json_fast = _skip_json_registration
-    # workers.app imported the name when it was imported; its signal handler looks it up there.
-    import workers.app
-
-    workers.app.read_broker_json_fast = _skip_json_registration  # type: ignore[attr-defined]
+    message = _message_class()
+    if message is not None:
+        message._decode = virtual.Message._decode
+    # workers.app binds the name when it is imported; its signal handler looks it up there.
+    importlib.import_module("workers.app")
+    if _bound("read_broker_json_fast"):
+        _replace_everywhere("read_broker_json_fast", _skip_json_registration)
 
 
 def _stock_bulk_ack() -> None:
     """Each message acknowledged by Celery's ``Request.acknowledge`` (kombu's ``Message.ack``:
     one ``ZREM`` + ``HDEL`` pipeline per message), and the ledger entries forgotten on their own:
     the fallback branch of ``acknowledge_all``, always."""
-    from clerk_sync.broker import batching
+    from clerk_sync.core.queue import BROKER_ERRORS
 
     def acknowledge_all(
         requests: Sequence[Any], *, forget: Sequence[str] = (), ledger: Any = None
@@ -141,9 +235,14 @@ def _stock_bulk_ack() -> None:
             if not request.acknowledged:
                 _count("messages acknowledged one by one")
                 request.acknowledge()
-        batching._forget(ledger, forget)
+        if ledger is not None and forget:
+            # As the shipped fallback: if Redis is unreachable, the sweeper drops them later.
+            with contextlib.suppress(BROKER_ERRORS):
+                ledger.forget(forget)
 
-    batching.acknowledge_all = acknowledge_all
+    # Imported for its binding of the name: the strategy calls it from there.
+    importlib.import_module("workers.app")
+    _replace_everywhere("acknowledge_all", acknowledge_all)
 
 
 def _stock_template() -> None:
@@ -181,6 +280,8 @@ class Hack:
     under wrk) or "e2e" (end-to-end p50 at a steady low rate)."""
     shipped: str
     stock: str
+    present: Callable[[], bool]
+    """Whether the shipped code still has this hack."""
     patch: Callable[[], None] | None = None
     env: dict[str, str] = field(default_factory=dict)
     """Settings of the stock variant (``batching`` is switched off by one)."""
@@ -196,6 +297,7 @@ HACKS: Final[dict[str, Hack]] = {
             "worker",
             "after each BRPOP, a Lua script pops and records up to 100 more messages",
             "`Channel._fetches = False`: one message per BRPOP, recorded by kombu",
+            _has_fetch,
             _stock_fetch,
             expect=("fetches=False",),
         ),
@@ -204,6 +306,7 @@ HACKS: Final[dict[str, Hack]] = {
             "e2e",
             "the BRPOP's message is recorded in the fetch script's round trip",
             "`QoS.deferring` always False: kombu's `QoS.append` records it in its own round trip",
+            _has_deferred_record,
             _stock_deferred_record,
             expect=("deferring=stock",),
         ),
@@ -212,6 +315,7 @@ HACKS: Final[dict[str, Hack]] = {
             "worker",
             "one synchronous redis client per channel",
             "kombu's `_create_client`: a new client per command (fetch script still registered)",
+            _has_client_cache,
             _stock_client_cache,
             expect=("create_client=stock",),
         ),
@@ -220,6 +324,7 @@ HACKS: Final[dict[str, Hack]] = {
             "worker",
             "`Message._decode` and kombu's registry read JSON with orjson (`read_json`)",
             "kombu's `Message._decode`, and no `read_broker_json_fast` registration",
+            _has_decode,
             _stock_decode,
             expect=("decode=stock", "json_decoder=kombu.utils.json.loads"),
         ),
@@ -228,6 +333,7 @@ HACKS: Final[dict[str, Hack]] = {
             "worker",
             "a batch acknowledged (and its ledger entries dropped) in one ZREM+HDEL pipeline",
             "`Request.acknowledge()` per message, ledger forgotten separately",
+            _has_bulk_ack,
             _stock_bulk_ack,
             expect=("acknowledge_all=stock",),
         ),
@@ -236,6 +342,7 @@ HACKS: Final[dict[str, Hack]] = {
             "ingress",
             "messages formatted from a per-process template",
             "every message built by `build_with_celery` (`as_task_v2` + `prepare_message`)",
+            _has_template,
             _stock_template,
         ),
         Hack(
@@ -243,6 +350,7 @@ HACKS: Final[dict[str, Hack]] = {
             "ingress",
             "blocking accept socket bounded by SO_SNDTIMEO/SO_RCVTIMEO",
             "redis-py's Python-level socket timeout (a `poll` before each send and recv)",
+            _has_kernel_timeouts,
             _stock_kernel_timeouts,
         ),
         Hack(
@@ -250,11 +358,20 @@ HACKS: Final[dict[str, Hack]] = {
             "worker",
             "BatchingTask/Batcher: up to 100 events per pool task and transaction",
             "`CLERK_SYNC_BATCH_SIZE=1`: one Celery task per event, Celery's default strategy",
+            _has_batching,
             env={"CLERK_SYNC_BATCH_SIZE": "1"},
-            expect=("batch_size=1",),
+            expect=("batch_size=1", "prefetch_multiplier=1"),
         ),
     )
 }
+
+
+def present(name: str) -> bool:
+    """Whether hack ``name`` is in the shipped code (as this process imported it)."""
+    try:
+        return bool(HACKS[name].present())
+    except (ImportError, AttributeError):
+        return False
 
 
 def parse(value: str) -> list[str]:
@@ -278,31 +395,34 @@ def _qualified(function: Any) -> str:
     return f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', '?')}"
 
 
+def _owner(function: Any) -> str:
+    """ "shipped" for clerk-sync's own code, "stock" for a library's (or a patch of this module)."""
+    module = getattr(getattr(function, "__func__", function), "__module__", "") or ""
+    return "shipped" if module.startswith("clerk_sync.") else "stock"
+
+
 def worker_state(app: Any) -> dict[str, Any]:
-    """What decides, in this worker's main process, which code path each hack takes."""
+    """What decides, in this worker's main process, which code path each hack takes ("stock"
+    too where the shipped code no longer has the hack)."""
     from kombu import serialization
-    from kombu.transport import virtual
 
-    from clerk_sync.broker import batching, transport
-
+    transport = _transport()
     task = app.tasks.get(APPLY_EVENT_TASK)
     decoder = serialization.registry._decoders.get("application/json")
-    deferring = transport.QoS.__dict__.get("deferring")
+    message = vars(transport).get("Message")
+    acknowledge = {_owner(function) for _module, function in _bound("acknowledge_all")} or {"stock"}
     return {
-        "fetches": transport.Channel._fetches,
-        "deferring": "stock" if isinstance(deferring, property) else "shipped",
-        "create_client": (
-            "shipped"
-            if _qualified(transport.Channel._create_client).startswith("clerk_sync.")
-            else "stock"
+        "fetches": getattr(transport.Channel, "_fetches", "absent"),
+        "deferring": (
+            "stock"
+            if not _has_deferred_record()
+            or isinstance(vars(transport.QoS).get("deferring"), property)
+            else "shipped"
         ),
-        "decode": (
-            "stock" if transport.Message._decode is virtual.Message._decode else "shipped"
-        ),
+        "create_client": _owner(vars(transport.Channel).get("_create_client")),
+        "decode": _owner(vars(message).get("_decode") if message is not None else None),
         "json_decoder": _qualified(decoder),
-        "acknowledge_all": (
-            "shipped" if batching.acknowledge_all.__module__.startswith("clerk_sync.") else "stock"
-        ),
+        "acknowledge_all": "/".join(sorted(acknowledge)),
         "batch_size": getattr(task, "batch_size", None),
         "prefetch_multiplier": app.conf.worker_prefetch_multiplier,
     }
@@ -325,6 +445,8 @@ def _say_counters() -> None:
 def main() -> None:
     names = parse(os.environ.get(ENV, ""))
     for name in names:
+        if not present(name):
+            raise SystemExit(f"{MARKER} {name} is not in the shipped code: nothing to switch back")
         patch = HACKS[name].patch
         if patch is not None:
             patch()

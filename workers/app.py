@@ -15,7 +15,7 @@ from celery import Celery, Task, signals
 
 from clerk_sync.broker.batching import BatchingTask, register_batch_runner
 from clerk_sync.broker.pool import POOL
-from clerk_sync.broker.transport import TRANSPORT, read_broker_json_fast
+from clerk_sync.broker.transport import TRANSPORT
 from clerk_sync.core.logs import configure_logging
 from clerk_sync.core.queue import (
     APPLY_EVENT_TASK,
@@ -93,11 +93,6 @@ def create_celery_app(settings: Settings) -> Celery:
         """Before the pool is built: how it hands tasks to its processes (``pool_optimization``)."""
         if sender is not None:
             sender.optimization = pool_optimization(settings, sender.optimization)
-
-    @signals.worker_init.connect(weak=False, dispatch_uid="clerk_sync.json_reading")
-    def read_messages_fast(**_: Any) -> None:
-        """The main process reads every message's JSON fast (``read_broker_json_fast``)."""
-        read_broker_json_fast()
 
     @signals.worker_process_init.connect(weak=False, dispatch_uid="clerk_sync.warm_up")
     def warm_up(**_: Any) -> None:

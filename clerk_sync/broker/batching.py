@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final
@@ -36,11 +36,10 @@ from celery.worker.request import create_request_cls
 from celery.worker.state import task_accepted, task_ready, task_reserved, task_scheduled
 from celery.worker.strategy import hybrid_to_proto2, proto1_to_proto2
 from kombu.asynchronous.timer import to_timestamp
-from kombu.transport.redis import QoS as RedisQoS
-from kombu.transport.virtual import QoS as VirtualQoS
 
-from clerk_sync.core.outcomes import DEFERRED, FAILED, FINAL_OUTCOMES, REQUEUE, RETRY
-from clerk_sync.core.queue import APPLY_EVENT_TASK, BROKER_ERRORS, Ledger
+from clerk_sync.broker.settle import acknowledge_all, settle
+from clerk_sync.core.outcomes import DEFERRED, FINAL_OUTCOMES, REQUEUE
+from clerk_sync.core.queue import APPLY_EVENT_TASK, Ledger
 
 log = logging.getLogger("clerk_sync.worker")
 
@@ -102,7 +101,7 @@ class BatchingTask(Task):  # type: ignore[misc]
             or not isinstance(consumer.pool, SUPPORTED_POOLS)
         ):
             return super().start_strategy(app, consumer, **kwargs)
-        batcher = Batcher(self, app, consumer)
+        batcher = Batcher(self, app, consumer, super().start_strategy(app, consumer, **kwargs))
         previous = getattr(self, "_batcher", None)
         if previous is not None:
             previous.retire()
@@ -115,8 +114,11 @@ class Batcher:
     a reconnected consumer gets a new one and the old one drops what it still buffers, since
     the broker redelivers those messages)."""
 
-    def __init__(self, task: BatchingTask, app: Any, consumer: Any) -> None:
+    def __init__(self, task: BatchingTask, app: Any, consumer: Any, one_by_one: Any) -> None:
         self.task = task
+        self.one_by_one = one_by_one
+        """Celery's default strategy for this task: it takes the messages while a rate limit is
+        set (``celery control rate_limit``), which it enforces, one task per event."""
         self.app = app
         self.consumer = consumer
         self.pool = consumer.pool
@@ -146,8 +148,11 @@ class Batcher:
     # Receiving, as celery.worker.strategy.default does, but into the buffer.
 
     def on_message(
-        self, message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any
+        self, message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **options: Any
     ) -> None:
+        if self.rate_limited():
+            self.one_by_one(message, body, ack, reject, callbacks, **options)
+            return
         app = self.app
         if body is None and "args" not in message.payload:
             body, headers, decoded, utc = (
@@ -198,6 +203,10 @@ class Batcher:
             for callback in callbacks:
                 callback(request)
         self.add(request)
+
+    def rate_limited(self) -> bool:
+        consumer = self.consumer
+        return not consumer.disable_rate_limits and bool(consumer.task_buckets[self.task.name])
 
     def _due(self, request: Any) -> None:
         task_reserved(request)
@@ -269,6 +278,10 @@ class Batcher:
         items = []
         valid = []
         for request in requests:
+            # Revoked while it waited for its countdown or in the buffer: ``revoked()`` answers
+            # it as Celery does (acknowledged, a task-revoked event).
+            if (request.expires or request.id in self.revoked) and request.revoked():
+                continue
             item = _batch_item(request)
             if item is None:
                 self._finish_unreadable(request)
@@ -339,7 +352,7 @@ class Batcher:
             self._announce([request for request, _ in settled])
             for request, outcome in settled:
                 self.deferred.pop(request.id, None)
-                _settle(request, outcome, runtime)
+                settle(request, outcome, runtime)
             if self.retired:
                 # The old channel's messages come back from the broker.
                 for request in again:
@@ -415,90 +428,3 @@ def _batch_item(request: Any) -> BatchItem | None:
         return None
     retries = request.request_dict.get("retries") or 0
     return BatchItem(request.id, svix_id, payload, received_at_ms, int(retries))
-
-
-def _settle(request: Any, outcome: str, runtime: float) -> None:
-    """Celery's bookkeeping and task events (Flower) for one message whose batch returned;
-    acknowledged already, unless it goes back on the queue."""
-    if outcome == REQUEUE:
-        task_ready(request)
-        request.reject(requeue=True)
-    elif outcome == RETRY:
-        task_ready(request)
-        request.acknowledge()
-        request.send_event("task-retried", exception="retried with a backoff", traceback="")
-    elif outcome == FAILED:
-        task_ready(request)
-        request.acknowledge()
-        request.send_event("task-failed", exception="see the worker log", traceback="")
-    else:
-        # applied, skipped, dead (or a second copy of an event): what Request.on_success does
-        # for a task that returned this result.
-        task_ready(request, successful=True)
-        request.acknowledge()
-        request.send_event("task-succeeded", result=outcome, runtime=runtime)
-
-
-def acknowledge_all(
-    requests: Sequence[Any], *, forget: Sequence[str] = (), ledger: Ledger | None = None
-) -> None:
-    """Acknowledge many messages, and drop the ledger entries of the events in ``forget`` (their
-    outcomes are committed), in one Redis round trip.
-
-    kombu's Redis transport acknowledges a message by removing its delivery tag from the
-    ``unacked`` hash and index, one pipeline per message; this does the same for all the tags
-    of a batch with one ``ZREM`` and one ``HDEL``, then records each message as acknowledged as
-    ``Message.ack`` would; the ledger's ``ZREM`` and ``HDEL`` go in the same pipeline (the
-    ledger lives beside the queue). Messages of another transport, or any surprise, go through
-    ``Request.acknowledge`` one by one, and the ledger on its own. If Redis cannot be reached the
-    messages stay unacknowledged (as a failed ack leaves them) and come back after the
-    visibility timeout, to be ignored as duplicates; the sweeper drops the ledger entries.
-    """
-    pending = [request for request in requests if not request.acknowledged]
-    channel = pending[0]._message.channel if pending else None
-    qos = getattr(channel, "qos", None)
-    if (
-        channel is None
-        or not isinstance(qos, RedisQoS)
-        or channel.no_ack_consumers
-        or channel.global_keyprefix
-        or any(request._message.channel is not channel for request in pending)
-    ):
-        for request in pending:
-            request.acknowledge()
-        _forget(ledger, forget)
-        return
-    tags = [request._message.delivery_tag for request in pending]
-    try:
-        with channel.conn_or_acquire() as client:
-            # kombu's QoS._remove_from_indices, for all the tags in one ZREM and one HDEL.
-            pipeline = client.pipeline()
-            pipeline.zrem(qos.unacked_index_key, *tags)
-            pipeline.hdel(qos.unacked_key, *tags)
-            if ledger is not None:
-                ledger.forget_in(pipeline, forget)
-            pipeline.execute()
-    except channel.connection_errors as error:
-        log.critical("Couldn't ack %d messages, reason:%r", len(tags), error, exc_info=True)
-        return
-    except Exception:
-        log.exception("acknowledging a batch at once failed; acknowledging one by one")
-        for request in pending:
-            request.acknowledge()
-        _forget(ledger, forget)
-        return
-    for request, tag in zip(pending, tags, strict=True):
-        VirtualQoS.ack(qos, tag)  # type: ignore[no-untyped-call]
-        request._message._state = "ACK"
-        request.acknowledged = True
-
-
-def _forget(ledger: Ledger | None, svix_ids: Sequence[str]) -> None:
-    """Drop ledger entries on their own. If Redis is unreachable just now, the sweeper finds the
-    entries later and drops them."""
-    if ledger is None or not svix_ids:
-        return
-    try:
-        ledger.forget(svix_ids)
-    except BROKER_ERRORS:
-        log.warning("ledger: entries not dropped; the sweeper will", extra={"events": svix_ids})

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import threading
 from collections.abc import Sequence
 from random import getrandbits
@@ -26,9 +25,8 @@ from kombu.connection import Connection
 from kombu.utils.json import dumps as kombu_json_dumps
 from kombu.utils.uuid import uuid
 
-from clerk_sync.core.queue import APPLY_EVENT_TASK, QueuedEvent, redis_client
+from clerk_sync.core.queue import APPLY_EVENT_TASK, QueuedEvent
 from clerk_sync.core.settings import Settings
-from clerk_sync.core.sockets import kernel_timeout
 
 MULTI: Final = pack_command(("MULTI",))
 EXEC: Final = pack_command(("EXEC",))
@@ -53,9 +51,13 @@ class ThreadConnections:
     client's retry and reply-callback layers around what is a single transaction."""
 
     def __init__(self, settings: Settings) -> None:
-        self._pool = redis_client(settings).connection_pool
+        # Reads and writes bounded by the publish timeout, as connecting is: how long a webhook
+        # may wait for the broker before it is answered 503.
+        timeout = settings.broker_publish_timeout_seconds
+        self._pool = redis.Redis.from_url(
+            settings.broker_url, socket_connect_timeout=timeout, socket_timeout=timeout
+        ).connection_pool
         self._local = threading.local()
-        self._timeout = kernel_timeout(settings.broker_publish_timeout_seconds)
 
     def transact(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Run ``commands`` in one ``MULTI``/``EXEC`` transaction, in one round trip, and
@@ -69,7 +71,6 @@ class ThreadConnections:
         # A forked child's main thread inherits the parent's thread-local values.
         if getattr(local, "process", None) != _process[0]:
             local.connection = self._pool.make_connection()
-            local.connection.register_connect_callback(self._block_with_kernel_timeouts)
             local.process = _process[0]
         connection = local.connection
         try:
@@ -87,20 +88,6 @@ class ThreadConnections:
                 raise reply
         return replies
 
-    def _block_with_kernel_timeouts(self, connection: Any) -> None:
-        """Make a new connection's socket blocking, bounded by kernel timeouts.
-
-        redis-py bounds its reads and writes with a Python-level socket timeout, which puts a
-        ``poll`` before every ``send`` and ``recv``: two more system calls a request, each of
-        which lets go of the GIL and must win it back from the other request threads. A
-        blocking socket with ``SO_SNDTIMEO`` and ``SO_RCVTIMEO`` is bounded as well: a call that
-        times out fails with ``EAGAIN``, which redis-py raises as a ``ConnectionError``. The bound
-        is the publish timeout, as for connecting: how long a webhook may wait for the broker."""
-        sock = connection._sock
-        sock.settimeout(None)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self._timeout)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, self._timeout)
-
 
 class RedisTaskMessages:
     """Celery task messages exactly as ``send_task`` over kombu's Redis transport would put them
@@ -109,8 +96,9 @@ class RedisTaskMessages:
     ``app.amqp.as_task_v2`` makes the protocol 2 headers, properties and body; kombu serializes
     the body and a kombu Redis channel wraps it in the transport's envelope (``prepare_message``
     and what ``Channel.basic_publish`` adds for the default exchange: the base64 body, a delivery
-    tag and the delivery info), and names the list (``_q_for_pri``) to ``LPUSH`` it onto. The
-    channel is only used for that; it is opened once per process, on first use.
+    tag and the delivery info); it goes onto the list named after the queue, kombu's list for
+    messages of the default priority. The channel is only used for that; it is opened once per
+    process, on first use.
 
     A first delivery (no retries, no countdown: every webhook the ingress accepts) varies from
     the next only in its task id, delivery tag, arguments and their repr, so it is made from a
@@ -212,8 +200,7 @@ class RedisTaskMessages:
         message["body"], body_encoding = channel.encode_body(message["body"], channel.body_encoding)
         message["properties"].update(body_encoding=body_encoding, delivery_tag=uuid())
         message["properties"]["delivery_info"].update(exchange="", routing_key=self._queue)
-        key = channel._q_for_pri(self._queue, channel._get_message_priority(message))
-        return str(key), str(kombu_json_dumps(message))  # type: ignore[no-untyped-call]
+        return self._queue, str(kombu_json_dumps(message))  # type: ignore[no-untyped-call]
 
 
 UUID4_FIXED_BITS_MASK: Final = (0xF000 << 64) | (0xC000 << 48)

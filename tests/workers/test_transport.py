@@ -12,7 +12,7 @@ from kombu import Consumer, Queue, serialization
 from kombu.exceptions import ContentDisallowed, DecodeError
 
 from clerk_sync.broker.publisher import Publisher
-from clerk_sync.broker.transport import Channel, Message
+from clerk_sync.broker.transport import Channel
 from clerk_sync.core.queue import QueuedEvent
 from clerk_sync.core.settings import Settings
 from tests.conftest import queue_length
@@ -80,14 +80,13 @@ def test_one_brpop_brings_as_many_messages_as_the_prefetch_limit_allows(
 def test_a_message_body_decodes_as_kombus_serializer_registry_decodes_it(
     settings: Settings, redis_client: redis.Redis[bytes]
 ) -> None:
-    """The transport's messages read an accepted JSON body without kombu's registry, to the same
-    value, and refuse what kombu refuses with kombu's errors."""
+    """Fetched messages are kombu's own: they read a body as kombu's serializer registry does,
+    and refuse what kombu refuses with kombu's errors."""
     publish(settings, 3)
     received, _channel, connection = receive(settings, prefetch=10, rounds=1)
     try:
         assert len(received) == 3
         for message in received:
-            assert isinstance(message, Message)
             expected = serialization.loads(
                 message.body, message.content_type, message.content_encoding, accept=message.accept
             )
@@ -122,8 +121,8 @@ def test_what_is_not_a_kombu_message_is_left_on_the_queue_for_kombu(
 def test_a_lone_message_is_recorded_as_kombu_records_it(
     settings: Settings, redis_client: redis.Redis[bytes]
 ) -> None:
-    """The record of a ``BRPOP``'s message goes in the fetch script's round trip (kombu writes
-    it in a pipeline of its own): the same record, restored by kombu's restore."""
+    """A ``BRPOP``'s message is recorded by kombu itself; the fetch script's records (above) are
+    the same, and kombu's restore brings either back."""
     publish(settings, 1)
     received, channel, connection = receive(settings, prefetch=10, rounds=1)
     try:
@@ -141,13 +140,26 @@ def test_a_lone_message_is_recorded_as_kombu_records_it(
 def test_a_message_acknowledged_on_delivery_is_not_recorded_after(
     settings: Settings, redis_client: redis.Redis[bytes]
 ) -> None:
-    """An unreadable message is acknowledged while it is delivered, before the round trip that
-    records it: it must not be left in ``unacked``, to be restored later."""
+    """A message acknowledged while it is delivered is not left in ``unacked``, to be restored
+    later."""
     publish(settings, 1)
     received, _channel, connection = receive(settings, prefetch=10, rounds=1, ack_at_once=True)
     try:
         assert len(received) == 1
         assert redis_client.hlen("unacked") == 0
         assert redis_client.zcard("unacked_index") == 0
+    finally:
+        connection.release()
+
+
+def test_the_queue_list_of_default_priority_messages_is_named_after_the_queue(
+    settings: Settings,
+) -> None:
+    """The fetch script pops, and the ingress pushes onto, the list named after the queue: kombu's
+    list for messages of the default priority (an upgrade that renamed it would strand them)."""
+    connection = create_celery_app(settings).connection_for_read()
+    try:
+        channel = connection.default_channel
+        assert channel._q_for_pri(settings.queue_name, channel.priority(0)) == settings.queue_name
     finally:
         connection.release()
