@@ -7,6 +7,7 @@ and an empty Redis database.
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
@@ -269,3 +270,21 @@ def no_server(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("clerk-sync ingress started a server")
 
     monkeypatch.setattr(BaseApplication, "run", refuse)
+
+
+FLOWER_USER = "ops:correct-horse"
+FLOWER_AUTH = "Basic " + base64.b64encode(FLOWER_USER.encode()).decode()
+"""The ``Authorization`` header of Flower's basic auth in the tests."""
+
+
+def start_flower(settings: Settings, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    """A real Flower (``clerk-sync flower``) with basic auth, on 127.0.0.1:``port``."""
+    env = {**settings_env(settings), "FLOWER_BASIC_AUTH": FLOWER_USER}
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "clerk_sync", "flower", f"--port={port}", "--address=127.0.0.1"],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
-from sqlalchemy import Connection, Engine, func, select, text
+from sqlalchemy import Engine, func, select
 
 from clerk_sync.broker.publisher import Publisher
 from clerk_sync.core.queue import APPLY_EVENT_TASK, LEDGER_DUE_KEY, QueuedEvent
@@ -38,8 +38,6 @@ pytestmark = pytest.mark.worker
 REPLY_TIMEOUT = 5.0
 """How long a control or inspect call waits for replies (it returns early once all arrived)."""
 NODE_DOMAIN = "clerk-sync-test"
-LOCK = text("SELECT pg_advisory_lock(hashtextextended(:key, 0))")
-UNLOCK_ALL = text("SELECT pg_advisory_unlock_all()")
 RETRY_LINE = re.compile(
     re.escape(APPLY_EVENT_TASK)
     + r"\[(?P<task_id>[0-9a-f-]+)\] retry: Retry in (?P<seconds>[0-9.]+)s"
@@ -182,24 +180,6 @@ def event_capture(celery_app: Celery, redis_client: redis.Redis[bytes]) -> Itera
     capture = EventCapture(celery_app, redis_client)
     yield capture
     capture.stop()
-
-
-@pytest.fixture
-def hold_organization_lock(pg_engine: Engine) -> Iterator[Any]:
-    """Hold a worker's per-organization advisory lock from outside (as a long transaction
-    would): its ``lock_timeout`` then expires, a real transient failure; returns a release."""
-    held: list[Connection] = []
-
-    def hold(organization_id: str) -> Any:
-        connection = pg_engine.connect()
-        connection.execute(LOCK, {"key": f"organization:{organization_id}"})
-        held.append(connection)
-        return lambda: connection.execute(UNLOCK_ALL)
-
-    yield hold
-    for connection in held:
-        connection.execute(UNLOCK_ALL)
-        connection.close()
 
 
 # -- 1. inspect and control ---------------------------------------------------------------------

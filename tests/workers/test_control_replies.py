@@ -6,7 +6,6 @@ reads. Four workers with mingle and gossip, ``celery inspect ping``, Flower's re
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
 import sys
@@ -22,7 +21,15 @@ import pytest
 import redis
 
 from clerk_sync.core.settings import Settings
-from tests.conftest import REDIS_URL, ROOT, WorkerProcess, settings_env, wait_for
+from tests.conftest import (
+    FLOWER_AUTH,
+    REDIS_URL,
+    ROOT,
+    WorkerProcess,
+    settings_env,
+    start_flower,
+    wait_for,
+)
 from tests.servers import free_port, stop_process
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
@@ -98,17 +105,9 @@ def test_workers_inspect_flower_and_shutdown_leave_no_unacknowledged_reply(
     assert ping.stdout.count("pong") == 4, ping.stdout
 
     port = free_port()
-    env = {**settings_env(settings), "FLOWER_BASIC_AUTH": "ops:correct-horse"}
-    with (tmp_path / "flower.log").open("wb") as log:
-        flower = subprocess.Popen(
-            [sys.executable, "-m", "clerk_sync", "flower", f"--port={port}", "--address=127.0.0.1"],
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    flower = start_flower(settings, port, tmp_path / "flower.log")
     try:
-        auth = "Basic " + base64.b64encode(b"ops:correct-horse").decode()
+        auth = FLOWER_AUTH
 
         def refreshed_workers() -> dict[str, Any] | None:
             request = urllib.request.Request(

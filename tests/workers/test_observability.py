@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import json
-import subprocess
-import sys
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +13,14 @@ import redis
 from sqlalchemy import Engine
 
 from clerk_sync.core.settings import Settings
-from tests.conftest import ROOT, WEBHOOK_SECRET, Send, inbox_row, settings_env, wait_for
+from tests.conftest import (
+    FLOWER_AUTH,
+    WEBHOOK_SECRET,
+    Send,
+    inbox_row,
+    start_flower,
+    wait_for,
+)
 from tests.factories import event, membership_data, organization_data
 from tests.servers import Samples, answers, free_port, metric_samples
 
@@ -98,24 +102,16 @@ def test_flower_shows_tasks_processed_by_a_real_worker(
     tmp_path: Path,
 ) -> None:
     port = free_port()
-    env = {**settings_env(settings), "FLOWER_BASIC_AUTH": "ops:correct-horse"}
     start_worker(settings)
     # Task events reach Flower through a Redis pattern subscription (kombu's fanout): an event
     # published before Flower subscribed is gone, so the event is sent only once it listens.
     patterns_before = redis_client.pubsub_numpat()
-    with (tmp_path / "flower.log").open("wb") as log:
-        flower = subprocess.Popen(
-            [sys.executable, "-m", "clerk_sync", "flower", f"--port={port}", "--address=127.0.0.1"],
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    flower = start_flower(settings, port, tmp_path / "flower.log")
     try:
         wait_for(lambda: redis_client.pubsub_numpat() > patterns_before, 60)
         svix_id = send(event("organization.created", organization_data("org_flower")))
         wait_for(lambda: (row := inbox_row(pg_engine, svix_id)) and row["status"] == "applied")
-        auth = "Basic " + base64.b64encode(b"ops:correct-horse").decode()
+        auth = FLOWER_AUTH
 
         def processed_tasks() -> list[dict[str, Any]]:
             request = urllib.request.Request(

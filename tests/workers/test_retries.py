@@ -7,12 +7,11 @@ for an organization, so the worker's ``lock_timeout`` expires (SQLSTATE 55P03) u
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, select, text
+from sqlalchemy import Engine, select
 
 from clerk_sync.core.settings import Settings
 from models.tables import organizations
@@ -20,27 +19,6 @@ from tests.conftest import Send, inbox_row, wait_for
 from tests.factories import event, membership_data, organization_data
 
 pytestmark = pytest.mark.worker
-
-LOCK = text("SELECT pg_advisory_lock(hashtextextended(:key, 0))")
-UNLOCK_ALL = text("SELECT pg_advisory_unlock_all()")
-
-
-@pytest.fixture
-def hold_organization_lock(pg_engine: Engine) -> Iterator[Any]:
-    """Take the worker's per-organization lock from outside, as a long transaction would;
-    returns a function that releases it."""
-    held: list[Connection] = []
-
-    def hold(organization_id: str) -> Any:
-        connection = pg_engine.connect()
-        connection.execute(LOCK, {"key": f"organization:{organization_id}"})
-        held.append(connection)
-        return lambda: connection.execute(UNLOCK_ALL)
-
-    yield hold
-    for connection in held:
-        connection.execute(UNLOCK_ALL)
-        connection.close()
 
 
 def org_names(engine: Engine) -> list[str]:
