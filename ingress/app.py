@@ -18,8 +18,8 @@ from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntity
 from clerk_sync.broker.publisher import Publisher
 from clerk_sync.core.queue import BrokerUnavailableError, QueuedEvent
 from clerk_sync.core.settings import Settings
-from clerk_sync.core.sockets import kernel_timeout
 from ingress.metrics import IngressMetrics
+from ingress.sockets import kernel_timeout
 from ingress.verification import SIGNING_HEADERS, SignatureVerifier, Verdict
 
 log = logging.getLogger("clerk_sync.ingress")
