@@ -48,7 +48,6 @@ class Plan:
     """Rounds of ``hacks``'s worker and ingress comparisons (each variant once per round): other
     people's work on the machine moves a single drain by up to a third."""
     hacks_wrk_seconds: float = 8.0
-    hacks_e2e_rounds: int = 2
 
     @classmethod
     def full(cls) -> Plan:
@@ -94,7 +93,6 @@ class Plan:
             hacks_drain_window=5.0,
             hacks_rounds=1,
             hacks_wrk_seconds=2.0,
-            hacks_e2e_rounds=1,
         )
 
 

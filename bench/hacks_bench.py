@@ -1,5 +1,5 @@
-"""Hacks: what each use of celery's, kombu's, billiard's and redis-py's internals in
-``clerk_sync.broker`` buys, as shipped ÷ stock on the measure it is meant to improve.
+"""Hacks: what each use of celery's and kombu's internals in ``clerk_sync.broker`` buys, as
+shipped ÷ stock on the measure it is meant to improve (worker events/s or ingress req/s).
 
 Every variant is the shipped code with ONE hack switched back to the stock library behaviour by
 ``bench.stock`` (a launcher that patches ``clerk_sync.broker`` in the process, then runs
@@ -13,7 +13,6 @@ import itertools
 import json
 import math
 import os
-import re
 import statistics
 import time
 import uuid
@@ -24,7 +23,6 @@ from typing import Any
 from bench import stock
 from bench.context import Context, http_status
 from bench.cpu import CpuTracker, describe, postgres_backends, redis_server, tree
-from bench.e2e_bench import SETTLE_TIMEOUT, Poller, Timeline, http_sender, open_loop
 from bench.events import WEBHOOK_PATH, Event, EventStream, Signer
 from bench.pipeline import (
     POSTGRES_GROUP,
@@ -35,32 +33,28 @@ from bench.pipeline import (
     start_worker,
 )
 from bench.procs import BenchError, Child, wait_until
-from bench.results import BenchResult, Check, Measure, Ratio, percentile
+from bench.results import BenchResult, Check, Measure, Ratio
 from bench.services import Database, Services
 from bench.wrk import require_wrk, run_wrk, write_signed_requests
 
 NAME = "hacks"
 TITLE = "What each broker hack buys"
 DESCRIPTION = (
-    "Each hack of `clerk_sync.broker` (its uses of private celery, kombu, billiard and "
-    "redis-py internals) against a variant of the shipped code in which that one hack is "
-    "switched back to the stock library behaviour (`bench/stock.py`: `python -m bench.stock` "
-    "patches `clerk_sync.broker` in the process, then runs `clerk-sync`; set "
-    "`CLERK_SYNC_BENCH_STOCK`; the shipped runs go through the same launcher and patch "
-    "nothing). Ratio: shipped over stock on the measure the hack is meant to improve "
-    "(for a latency, stock over shipped), so above 1 means the hack helps. "
+    "Each hack of `clerk_sync.broker` (its uses of private celery and kombu internals) "
+    "against a variant of the shipped code in which that one hack is switched back to the "
+    "stock library behaviour (`bench/stock.py`: `python -m bench.stock` patches "
+    "`clerk_sync.broker` in the process, then runs `clerk-sync`; set `CLERK_SYNC_BENCH_STOCK`; "
+    "the shipped runs go through the same launcher and patch nothing). Ratio: shipped over "
+    "stock on the measure the hack is meant to improve, so above 1 means the hack helps. "
     "Worker hacks: `clerk-sync worker --concurrency {concurrency}` drains a prefilled backlog "
     "of {events:,} realistic events (the same events every drain, from empty tables; "
     "throughput between the first and the last `processed_at`; a drain is cut after "
     "{window:g} s of processing, so a much slower variant is measured on part of the backlog). "
     "Ingress hacks: wrk, {connections} connections, {wrk_seconds:g} s per run, against "
     "`clerk-sync ingress --workers {workers} --threads {threads}`, one server per variant. "
-    "Worker and ingress: {rounds} round(s) after a warm-up; the shipped code runs first and "
-    "after every round, each variant once per round in between (order rotated), and a "
-    "variant is compared with the mean of the two shipped runs around its round. "
-    "deferred-record: end-to-end p50 latency at {rate:g} events/s ({e2e_seconds:g} s runs, "
-    "as the `e2e` benchmark measures it; {e2e_rounds} round(s), bracketed the same way), "
-    "two pipelines (shipped ingress + shipped or stock worker) on queues of their own. "
+    "Both: {rounds} round(s) after a warm-up; the shipped code runs first and after every "
+    "round, each variant once per round in between (order rotated), and a variant is "
+    "compared with the mean of the two shipped runs around its round. "
     "Verdict: a hack keeps its place at a ratio of {keeps:.2f}x or more."
 )
 
@@ -71,12 +65,10 @@ BELOW_TEXT = "below 10%"
 COMMANDS = ("brpop", "evalsha", "multi", "zrem")
 """Redis commands counted per event (``INFO commandstats``; Lua scripts' calls count too):
 what tells the variants apart on the wire."""
-E2E_QUERY = "SELECT svix_id FROM webhook_events WHERE svix_id = ANY(%s) AND status <> 'received'"
 STATE_TIMEOUT = 30.0
 MEASURE_TEXT = {
     "worker": "worker events/s",
     "ingress": "ingress req/s",
-    "e2e": "e2e p50 latency",
 }
 
 
@@ -283,7 +275,7 @@ def drain_once(
 
 @dataclass
 class Part:
-    """What one part (worker, ingress, e2e) hands to the report: per hack, the shipped and
+    """What one part (worker, ingress) hands to the report: per hack, the shipped and
     stock measures it is compared on, and what verified the variant."""
 
     measure: str
@@ -292,7 +284,6 @@ class Part:
     cpu_shipped: Measure | None = None
     cpu_stock: dict[str, Measure] = field(default_factory=dict)
     verified: dict[str, str] = field(default_factory=dict)
-    lower_is_better: bool = False
 
 
 def run_worker_part(context: Context, result: BenchResult, database: Database) -> Part:
@@ -405,33 +396,6 @@ def verify_worker_runs(
             f"{stock_brpop:.2f} BRPOP/event (shipped {shipped_brpop:.2f})",
             ">= 0.9 (shipped <= 0.5)",
             stock_brpop >= 0.9 and shipped_brpop <= 0.5,
-        )
-
-    if of("client-cache"):
-        clients = [
-            (
-                run.counters.get("synchronous redis clients created", 0),
-                round(run.commands["evalsha"] * run.finished),
-            )
-            for run in of("client-cache")
-        ]
-        part.verified["client-cache"] = (
-            f"{state_of('client-cache')}; redis clients created per drain (counted in the "
-            f"patched `_create_client`): {', '.join(f'{count:,}' for count, _ in clients)}, for "
-            f"{', '.join(f'{fetches:,}' for _, fetches in clients)} fetch round trips "
-            "(EVALSHA); shipped: one per channel"
-        )
-        check(
-            "stock client-cache: a new client per command",
-            f"{min(count for count, _ in clients):,} clients created (fewest in a drain)",
-            ">= 1 per fetch round trip (EVALSHA)",
-            all(count >= fetches for count, fetches in clients),
-        )
-
-    if of("decode"):
-        part.verified["decode"] = (
-            f"{state_of('decode')} (`Message._decode` is kombu's, the registry's JSON decoder "
-            "kombu's `loads`, read from the live worker)"
         )
 
     if of("bulk-ack"):
@@ -571,25 +535,6 @@ def run_ingress_part(context: Context, result: BenchResult) -> Part:
                 stock_same == 0.0 and shipped_same == 1.0,
             )
         )
-    if "kernel-timeouts" in variants:
-        said = launcher_lines(servers["kernel-timeouts"].child, "kernel-timeouts:")
-        timeouts = {
-            match.group(1)
-            for line in said
-            if (match := re.search(r"gettimeout\(\) = (\S+)\)", line))
-        }
-        part.verified["kernel-timeouts"] = (
-            f"{len(said)} gunicorn worker(s) said their accept connection keeps redis-py's "
-            f"socket timeout ({', '.join(sorted(timeouts)) or '?'} s) instead of kernel timeouts"
-        )
-        result.checks.append(
-            Check(
-                "stock kernel-timeouts: Python-level socket timeout",
-                f"{len(said)} worker(s), timeout {', '.join(sorted(timeouts)) or '?'} s",
-                f"every gunicorn worker ({plan.ingress_workers}), a timeout set",
-                len(said) >= plan.ingress_workers and bool(timeouts) and "None" not in timeouts,
-            )
-        )
     for server in servers.values():
         context.supervisor.stop(server.child)
     context.services.flush_redis()
@@ -604,152 +549,6 @@ def _share_tag_is_id(raw_messages: Sequence[bytes]) -> float:
         message = json.loads(raw)
         same += message["properties"]["delivery_tag"] == message["headers"]["id"]
     return same / len(raw_messages)
-
-
-# deferred-record: end-to-end latency at a steady low rate.
-
-
-def run_e2e_part(context: Context, result: BenchResult, database: Database) -> Part:
-    plan = context.plan
-    variants = hacks_for("e2e")
-    labels = [SHIPPED, *variants]
-    database.empty()
-    context.services.flush_redis()
-    ingresses: dict[str, Server] = {}
-    workers: dict[str, Child] = {}
-    for label in labels:
-        queue = f"bench-hacks-e2e-{label}-{uuid.uuid4().hex[:6]}"
-        ingresses[label] = start_ingress(
-            context.supervisor,
-            context.services,
-            name=f"gunicorn-hacks-e2e-{label}",
-            queue=queue,
-            work_dir=context.work_dir,
-            workers=plan.ingress_workers,
-            threads=plan.ingress_threads,
-            database_url=database.url,
-        )
-        workers[label] = start_worker(
-            context.supervisor,
-            context.services,
-            database,
-            queue,
-            f"hacks-e2e-worker-{label}",
-            plan.worker_concurrency,
-            context.work_dir,
-            module=stock.MODULE,
-            extra_env=stock.variant_env([] if label == SHIPPED else [label]),
-        )
-    shipped_state = worker_state(workers[SHIPPED])
-    check_state(SHIPPED, shipped_state, shipped_state)
-    for label in variants:
-        check_state(label, worker_state(workers[label]), shipped_state)
-
-    shipped_each = result.measure("e2e p50, shipped: each run", "ms", "lower")
-    part = Part(
-        "e2e",
-        result.measure("e2e p50, shipped (mean of the runs around the round)", "ms", "lower"),
-        {name: result.measure(f"e2e p50, stock {name}", "ms", "lower") for name in variants},
-        lower_is_better=True,
-    )
-    p99 = {label: result.measure(f"e2e p99, {label}", "ms", "lower") for label in labels}
-    stream = EventStream(context.tag())
-    count = round(plan.e2e_rate * plan.e2e_seconds)
-    sent = dict.fromkeys(labels, 0)
-    multi: dict[str, list[float]] = {label: [] for label in labels}
-    all_visible = True
-    runs: list[dict[str, Any]] = []
-
-    def one_run(label: str, events: Sequence[Event]) -> list[float]:
-        timeline = Timeline()
-        before = command_calls(context.services)
-        with Poller(database.url, E2E_QUERY, timeline) as poller:
-            open_loop(http_sender(ingresses[label].url), events, plan.e2e_rate, timeline)
-            deadline = time.monotonic() + SETTLE_TIMEOUT
-            while poller.pending() and time.monotonic() < deadline:
-                for child in (workers[label], ingresses[label].child):
-                    child.check_alive()
-                time.sleep(0.05)
-        if poller.error is not None:
-            raise BenchError(f"poller failed: {poller.error}")
-        calls = per_event(before, command_calls(context.services), len(events))
-        multi[label].append(calls["multi"])
-        sent[label] += len(events)
-        latencies = timeline.latencies_ms()
-        nonlocal all_visible
-        all_visible = all_visible and len(latencies) == len(events) and not timeline.errors
-        runs.append(
-            {
-                "label": label,
-                "sent": len(events),
-                "visible": len(latencies),
-                "errors": timeline.errors[:5],
-                "p50_ms": percentile(latencies, 0.5),
-                "p99_ms": percentile(latencies, 0.99),
-                "commands_per_event": calls,
-            }
-        )
-        return latencies
-
-    for label in labels:
-        context.say(f"hacks: e2e warm-up {label}")
-        one_run(label, stream.take(round(plan.e2e_rate)))
-    multi = {label: [] for label in labels}
-    runs.clear()
-    for number, label in bracketed(variants, plan.hacks_e2e_rounds):
-        latencies = one_run(label, stream.take(count))
-        p50 = percentile(latencies, 0.5)
-        (shipped_each if label == SHIPPED else part.stock[label]).add(p50)
-        p99[label].add(percentile(latencies, 0.99))
-        context.say(
-            f"hacks: e2e {label} (round {number + 1}): p50 {p50:.2f} ms, "
-            f"p99 {percentile(latencies, 0.99):.1f} ms"
-        )
-    for value in bracket_means(shipped_each.values):
-        part.shipped.add(value)
-    result.details["e2e_runs"] = runs
-    for label in variants:
-        tail = Ratio("p99", p99[label], p99[SHIPPED])
-        low, high = tail.spread
-        result.notes.append(
-            f"e2e {label}: p99 {p99[label].median:.2f} ms stock vs {p99[SHIPPED].median:.2f} ms "
-            f"shipped ({tail.value:.2f}x, runs {low:.2f}-{high:.2f}x; not the measure of the "
-            "verdict)."
-        )
-    for label in [*workers]:
-        context.supervisor.stop(workers[label])
-    for server in ingresses.values():
-        context.supervisor.stop(server.child)
-    context.services.flush_redis()
-
-    result.checks.append(
-        Check(
-            "e2e: every event answered 202 and visible",
-            "yes" if all_visible else "no (see details)",
-            f"within {SETTLE_TIMEOUT:g} s",
-            all_visible,
-        )
-    )
-    refused = counters(workers["deferred-record"]).get(
-        "deferrals refused (BRPOP messages recorded by kombu)", 0
-    )
-    extra = statistics.median(multi["deferred-record"]) - statistics.median(multi[SHIPPED])
-    part.verified["deferred-record"] = (
-        "worker state deferring=stock; "
-        f"{refused:,} deferrals refused for {sent['deferred-record']:,} events; MULTI per "
-        f"event {statistics.median(multi['deferred-record']):.2f} vs shipped "
-        f"{statistics.median(multi[SHIPPED]):.2f} (kombu's record of each BRPOP message is a "
-        "transaction of its own)"
-    )
-    result.checks.append(
-        Check(
-            "stock deferred-record: each BRPOP message recorded by kombu",
-            f"{refused:,} deferrals refused, {extra:+.2f} MULTI/event",
-            f">= {sent['deferred-record']:,} refused, about +1 MULTI/event",
-            refused >= sent["deferred-record"] and 0.8 <= extra <= 1.2,
-        )
-    )
-    return part
 
 
 # Reporting.
@@ -787,6 +586,8 @@ def _verdict(ratio: Ratio) -> str:
     if math.isnan(ratio.value):
         return "-"
     verdict = KEEPS_TEXT if ratio.value >= KEEPS else BELOW_TEXT
+    if f"{ratio.value:.2f}" == f"{KEEPS:.2f}":
+        verdict += f" ({ratio.value:.3f}x)"
     low, high = ratio.spread
     if low < KEEPS <= high:
         verdict += f" (rounds {low:.2f}-{high:.2f}x straddle {KEEPS:.2f}x)"
@@ -807,18 +608,11 @@ def report(result: BenchResult, parts: Sequence[Part]) -> list[str]:
     for part in parts:
         for name, stock_measure in part.stock.items():
             hack = stock.HACKS[name]
-            if part.lower_is_better:
-                ratio = Ratio(
-                    f"{name}: {MEASURE_TEXT[part.measure]}, stock ÷ shipped",
-                    stock_measure,
-                    part.shipped,
-                )
-            else:
-                ratio = Ratio(
-                    f"{name}: {MEASURE_TEXT[part.measure]}, shipped ÷ stock",
-                    part.shipped,
-                    stock_measure,
-                )
+            ratio = Ratio(
+                f"{name}: {MEASURE_TEXT[part.measure]}, shipped ÷ stock",
+                part.shipped,
+                stock_measure,
+            )
             verdict = _verdict(ratio)
             ratio.verdict = verdict
             result.ratios.append(ratio)
@@ -857,9 +651,6 @@ def run(context: Context) -> BenchResult:
             workers=plan.ingress_workers,
             threads=plan.ingress_threads,
             rounds=plan.hacks_rounds,
-            rate=plan.e2e_rate,
-            e2e_seconds=plan.e2e_seconds,
-            e2e_rounds=plan.hacks_e2e_rounds,
             keeps=KEEPS,
         ),
     )
@@ -867,7 +658,6 @@ def run(context: Context) -> BenchResult:
     steps: list[tuple[str, Callable[[], Part]]] = [
         ("worker", lambda: run_worker_part(context, result, database)),
         ("ingress", lambda: run_ingress_part(context, result)),
-        ("e2e", lambda: run_e2e_part(context, result, database)),
     ]
     absent = absent_hacks()
     if absent:

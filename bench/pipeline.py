@@ -188,14 +188,13 @@ def run_drain(
     sample_memory: bool = False,
     keep_tables: bool = False,
     on_started: Callable[[Child], None] | None = None,
-    after_prefill: Callable[[], None] | None = None,
     module: str = "clerk_sync",
     extra_env: Mapping[str, str] | None = None,
 ) -> tuple[Drain, float]:
     """Empty the queue and the tables (only ``webhook_events`` if ``keep_tables``), publish
     ``events``, start a worker, wait for all of them to be finished, stop the worker. Returns
-    the drain and the seconds the publishing took. ``after_prefill`` runs once the queue is
-    full, just before the worker starts; ``module`` and ``extra_env`` go to ``start_worker``."""
+    the drain and the seconds the publishing took. ``module`` and ``extra_env`` go to
+    ``start_worker``."""
     queue = f"bench-{name}-{uuid.uuid4().hex[:6]}"
     services.flush_redis()
     if keep_tables:
@@ -203,8 +202,6 @@ def run_drain(
     else:
         database.empty()
     publish_seconds = prefill(services, queue, events)
-    if after_prefill is not None:
-        after_prefill()
     worker = start_worker(
         supervisor,
         services,

@@ -1,5 +1,5 @@
 """``python -m bench.stock ARGS``: ``clerk-sync ARGS`` with some of ``clerk_sync.broker``'s hacks
-switched back to the stock behaviour of celery, kombu and redis-py (benchmarks only).
+switched back to the stock behaviour of celery and kombu (benchmarks only).
 
 ``clerk_sync.broker`` is where clerk-sync uses private internals of those libraries for speed.
 The ``hacks`` benchmark (``bench.hacks_bench``) measures what each one buys: it runs the shipped
@@ -19,12 +19,13 @@ What it prints (to the process's log, for the harness to check that a patch took
 
 - ``bench.stock: applied ...`` when it starts;
 - in a worker, ``bench.stock: worker state ...`` once the worker is ready: the state that decides
-  which code path runs (the transport's fetching, decoding, the batch size, the acknowledgement
-  function, ...), read from the live objects;
-- ``bench.stock: counters ...`` when a process that counted something exits, and one line the
-  first time a patched path runs in a process where that is worth a word (``kernel-timeouts``).
+  which code path runs (the transport's fetching, the acknowledgement function, the batch size,
+  the prefetch multiplier), read from the live objects;
+- ``bench.stock: counters ...`` when a process that counted something exits.
 
-Nothing here is imported by clerk-sync; patches live here and nowhere else.
+Nothing here is imported by clerk-sync; patches live here and nowhere else. They use the public
+APIs of celery and kombu and clerk-sync's own names only (``Channel._fetches`` is clerk-sync's
+switch): no private name of celery, kombu, billiard or redis-py (``tests/test_layout.py``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ import importlib
 import os
 import pkgutil
 import sys
-import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,8 +48,6 @@ MODULE: Final = "bench.stock"
 APPLY_EVENT_TASK: Final = "clerk_sync.apply_event"
 
 _counters: Counter[str] = Counter()
-_said: set[str] = set()
-_lock = threading.Lock()
 
 
 def say(text: str) -> None:
@@ -61,17 +59,9 @@ def _count(name: str, amount: int = 1) -> None:
     _counters[name] += amount
 
 
-def _say_once(key: str, text: str) -> None:
-    with _lock:
-        if key in _said:
-            return
-        _said.add(key)
-    say(text)
-
-
 # Where the hacks live. The code moves (and hacks go, once measured): each patch finds its target
 # by name, ``present()`` says whether it is still there, and a function is replaced wherever
-# ``clerk_sync.broker`` or ``workers`` bound it.
+# ``clerk_sync.broker`` bound it.
 
 
 def _transport() -> Any:
@@ -92,16 +82,10 @@ def _broker_modules() -> list[Any]:
 
 
 def _bound(name: str) -> list[tuple[Any, Any]]:
-    """(module, function) for each module of ``clerk_sync.broker``, and of ``workers`` already
-    imported, that binds a function of clerk-sync's called ``name``."""
-    modules = _broker_modules()
-    modules += [
-        module
-        for module_name, module in sorted(sys.modules.items())
-        if module_name.startswith("workers.") and module is not None
-    ]
+    """(module, function) for each module of ``clerk_sync.broker`` that binds a function of
+    clerk-sync's called ``name``."""
     found = []
-    for module in modules:
+    for module in _broker_modules():
         function = vars(module).get(name)
         if callable(function) and getattr(function, "__module__", "").startswith("clerk_sync."):
             found.append((module, function))
@@ -116,26 +100,8 @@ def _replace_everywhere(name: str, replacement: Callable[..., Any]) -> None:
         setattr(module, name, replacement)
 
 
-def _message_class() -> Any:
-    """The transport's own message class, if it still has one that decodes."""
-    message = vars(_transport()).get("Message")
-    return message if message is not None and "_decode" in vars(message) else None
-
-
 def _has_fetch() -> bool:
     return hasattr(_transport().Channel, "_fetches")
-
-
-def _has_deferred_record() -> bool:
-    return hasattr(_transport().QoS, "take_deferred")
-
-
-def _has_client_cache() -> bool:
-    return "_create_client" in vars(_transport().Channel)
-
-
-def _has_decode() -> bool:
-    return _message_class() is not None or bool(_bound("read_broker_json_fast"))
 
 
 def _has_bulk_ack() -> bool:
@@ -146,12 +112,6 @@ def _has_template() -> bool:
     from clerk_sync.broker.messages import RedisTaskMessages
 
     return hasattr(RedisTaskMessages, "build") and hasattr(RedisTaskMessages, "build_with_celery")
-
-
-def _has_kernel_timeouts() -> bool:
-    from clerk_sync.broker.messages import ThreadConnections
-
-    return hasattr(ThreadConnections, "_block_with_kernel_timeouts")
 
 
 def _has_batching() -> bool:
@@ -167,59 +127,6 @@ def _stock_fetch() -> None:
     """kombu receives one message per ``BRPOP`` and records it itself (``QoS.append``): the
     transport's own switch, which it also flips on a Redis older than 6.2."""
     _transport().Channel._fetches = False
-
-
-def _stock_deferred_record() -> None:
-    """Fetching stays, but the ``BRPOP``'s own message is recorded as kombu records it, in a
-    round trip of its own: ``QoS.deferring`` reads False whatever ``_brpop_read`` sets, so
-    ``QoS.append`` goes through kombu's ``append`` and the fetch script gets no record to add."""
-    qos = _transport().QoS
-
-    def never(_qos: Any) -> bool:
-        return False
-
-    def refuse(_qos: Any, value: bool) -> None:
-        if value:
-            _count("deferrals refused (BRPOP messages recorded by kombu)")
-
-    qos.deferring = property(never, refuse)
-
-
-def _stock_client_cache() -> None:
-    """kombu's ``_create_client``: a new ``redis.Redis`` for every synchronous command. The fetch
-    script is registered once per channel, as the shipped method does on its cached client (it
-    is called with an explicit client, so any client of the pool runs it)."""
-    from kombu.transport import redis as kombu_redis
-
-    transport = _transport()
-
-    def _create_client(self: Any, asynchronous: bool = False) -> Any:
-        client = kombu_redis.Channel._create_client(self, asynchronous=asynchronous)
-        if not asynchronous:
-            _count("synchronous redis clients created")
-            if getattr(self, "_fetch_script", None) is None:
-                self._fetch_script = client.register_script(transport.FETCH_SCRIPT)
-        return client
-
-    transport.Channel._create_client = _create_client
-
-
-def _skip_json_registration() -> None:
-    """Stock: kombu's serializer registry keeps its own ``json`` decoder."""
-
-
-def _stock_decode() -> None:
-    """kombu's ``Message._decode`` (through its serializer registry), and the registry's stock
-    JSON decoder: the worker's ``worker_init`` handler registers nothing."""
-    from kombu.transport import virtual
-
-    message = _message_class()
-    if message is not None:
-        message._decode = virtual.Message._decode
-    # workers.app binds the name when it is imported; its signal handler looks it up there.
-    importlib.import_module("workers.app")
-    if _bound("read_broker_json_fast"):
-        _replace_everywhere("read_broker_json_fast", _skip_json_registration)
 
 
 def _stock_bulk_ack() -> None:
@@ -240,8 +147,7 @@ def _stock_bulk_ack() -> None:
             with contextlib.suppress(BROKER_ERRORS):
                 ledger.forget(forget)
 
-    # Imported for its binding of the name: the strategy calls it from there.
-    importlib.import_module("workers.app")
+    # ``settle`` defines it; the batching strategy calls it through its own binding.
     _replace_everywhere("acknowledge_all", acknowledge_all)
 
 
@@ -257,27 +163,12 @@ def _stock_template() -> None:
     RedisTaskMessages.build = build  # type: ignore[method-assign]
 
 
-def _stock_kernel_timeouts() -> None:
-    """The accept connection keeps redis-py's Python-level socket timeout (the connect callback
-    changes nothing; it only says, once per process, what the socket's timeout is)."""
-    from clerk_sync.broker.messages import ThreadConnections
-
-    def keep_python_timeout(_self: Any, connection: Any) -> None:
-        _say_once(
-            "kernel-timeouts",
-            f"kernel-timeouts: pid {os.getpid()} accept connection keeps redis-py's socket "
-            f"timeout (sock.gettimeout() = {connection._sock.gettimeout()})",
-        )
-
-    ThreadConnections._block_with_kernel_timeouts = keep_python_timeout  # type: ignore[method-assign]
-
-
 @dataclass(frozen=True)
 class Hack:
     name: str
     measure: str
-    """What it is meant to improve: "worker" (events/s draining a backlog), "ingress" (req/s
-    under wrk) or "e2e" (end-to-end p50 at a steady low rate)."""
+    """What it is meant to improve: "worker" (events/s draining a backlog) or "ingress" (req/s
+    under wrk)."""
     shipped: str
     stock: str
     present: Callable[[], bool]
@@ -302,33 +193,6 @@ HACKS: Final[dict[str, Hack]] = {
             expect=("fetches=False",),
         ),
         Hack(
-            "deferred-record",
-            "e2e",
-            "the BRPOP's message is recorded in the fetch script's round trip",
-            "`QoS.deferring` always False: kombu's `QoS.append` records it in its own round trip",
-            _has_deferred_record,
-            _stock_deferred_record,
-            expect=("deferring=stock",),
-        ),
-        Hack(
-            "client-cache",
-            "worker",
-            "one synchronous redis client per channel",
-            "kombu's `_create_client`: a new client per command (fetch script still registered)",
-            _has_client_cache,
-            _stock_client_cache,
-            expect=("create_client=stock",),
-        ),
-        Hack(
-            "decode",
-            "worker",
-            "`Message._decode` and kombu's registry read JSON with orjson (`read_json`)",
-            "kombu's `Message._decode`, and no `read_broker_json_fast` registration",
-            _has_decode,
-            _stock_decode,
-            expect=("decode=stock", "json_decoder=kombu.utils.json.loads"),
-        ),
-        Hack(
             "bulk-ack",
             "worker",
             "a batch acknowledged (and its ledger entries dropped) in one ZREM+HDEL pipeline",
@@ -344,14 +208,6 @@ HACKS: Final[dict[str, Hack]] = {
             "every message built by `build_with_celery` (`as_task_v2` + `prepare_message`)",
             _has_template,
             _stock_template,
-        ),
-        Hack(
-            "kernel-timeouts",
-            "ingress",
-            "blocking accept socket bounded by SO_SNDTIMEO/SO_RCVTIMEO",
-            "redis-py's Python-level socket timeout (a `poll` before each send and recv)",
-            _has_kernel_timeouts,
-            _stock_kernel_timeouts,
         ),
         Hack(
             "batching",
@@ -390,11 +246,6 @@ def variant_env(names: Sequence[str]) -> dict[str, str]:
     return env
 
 
-def _qualified(function: Any) -> str:
-    function = getattr(function, "__func__", function)
-    return f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', '?')}"
-
-
 def _owner(function: Any) -> str:
     """ "shipped" for clerk-sync's own code, "stock" for a library's (or a patch of this module)."""
     module = getattr(getattr(function, "__func__", function), "__module__", "") or ""
@@ -404,24 +255,10 @@ def _owner(function: Any) -> str:
 def worker_state(app: Any) -> dict[str, Any]:
     """What decides, in this worker's main process, which code path each hack takes ("stock"
     too where the shipped code no longer has the hack)."""
-    from kombu import serialization
-
-    transport = _transport()
     task = app.tasks.get(APPLY_EVENT_TASK)
-    decoder = serialization.registry._decoders.get("application/json")
-    message = vars(transport).get("Message")
     acknowledge = {_owner(function) for _module, function in _bound("acknowledge_all")} or {"stock"}
     return {
-        "fetches": getattr(transport.Channel, "_fetches", "absent"),
-        "deferring": (
-            "stock"
-            if not _has_deferred_record()
-            or isinstance(vars(transport.QoS).get("deferring"), property)
-            else "shipped"
-        ),
-        "create_client": _owner(vars(transport.Channel).get("_create_client")),
-        "decode": _owner(vars(message).get("_decode") if message is not None else None),
-        "json_decoder": _qualified(decoder),
+        "fetches": getattr(_transport().Channel, "_fetches", "absent"),
         "acknowledge_all": "/".join(sorted(acknowledge)),
         "batch_size": getattr(task, "batch_size", None),
         "prefetch_multiplier": app.conf.worker_prefetch_multiplier,
