@@ -20,7 +20,11 @@ from typing import Any
 from bench.procs import Child
 
 PROJECT_PACKAGES = ("ingress", "workers", "models", "clerk_sync")
-ENTRY_POINT_FILES = ("clerk_sync/__main__.py", "clerk_sync/cli/__init__.py")
+ENTRY_POINT_FILES = (
+    "clerk_sync/__main__.py",
+    "clerk_sync/cli/__init__.py",
+    "clerk_sync/cli/serve.py",
+)
 """Frames every sample of a ``clerk-sync`` process passes through: not worth listing."""
 FRAME = re.compile(r"^(?P<function>.*?) \((?P<file>[^()]*)\)$")
 

@@ -2,7 +2,7 @@
 replay, purge old events, summarise for ``status``, read the log back for ``rebuild``.
 
 Knows SQLAlchemy and the tables, neither Flask nor Celery: publishing a replayed event is the
-caller's business (``clerk_sync.cli.operations``).
+caller's business (``workers.replay``).
 """
 
 from __future__ import annotations

@@ -180,5 +180,39 @@ class Ledger:
         return bool(self._client.ping())
 
 
+@dataclass(frozen=True)
+class QueueStatus:
+    """What ``clerk-sync status`` shows of a Redis broker."""
+
+    depth: int
+    """Messages waiting in the queue's list."""
+    ledger_size: int
+    """Events accepted and not yet finished."""
+    next_due: str | None
+    """The ledger entry due next: the one waiting longest since it was last published."""
+    next_due_received_at_ms: int | None
+    """When ``next_due`` was received (None if its entry is gone meanwhile)."""
+
+
+def queue_status(settings: Settings) -> QueueStatus:
+    """LLEN of the queue, ZCARD of the ledger, and the entry due next with its receipt time,
+    read from the broker's Redis; broker errors propagate."""
+    client = redis_client(settings)
+    try:
+        depth = int(client.llen(settings.queue_name))
+        size = int(client.zcard(LEDGER_DUE_KEY))
+        first = client.zrange(LEDGER_DUE_KEY, 0, 0)
+        next_due: str | None = None
+        received_at_ms: int | None = None
+        if first:
+            next_due = first[0].decode()
+            stored = client.hget(LEDGER_MESSAGES_KEY, next_due)
+            if stored is not None:
+                received_at_ms = int(json.loads(stored)[1])
+    finally:
+        client.close()
+    return QueueStatus(depth, size, next_due, received_at_ms)
+
+
 def _ledger_entry(event: QueuedEvent) -> bytes:
     return orjson.dumps([event.payload, event.received_at_ms])
