@@ -1,1 +1,1 @@
-"""The benchmark suite of issue #4: ``python -m bench`` (see README, "Benchmarks")."""
+"""The benchmark suite of issue #4: ``python -m bench`` (see bench/README.md)."""

@@ -57,7 +57,7 @@ def _find(measures: list[dict[str, Any]], label: str) -> dict[str, Any]:
 
 
 def summary_table(results: dict[str, Any]) -> str:
-    """One row per ratio and check of every benchmark: the table the README embeds."""
+    """One row per ratio and check of every benchmark: the table that opens results.md."""
     lines = [
         "| benchmark | measure | clerk-sync | baseline | ratio [spread] | target | |",
         "|---|---|---|---|---|---|---|",

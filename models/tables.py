@@ -1,4 +1,4 @@
-"""The tables other applications read. Column meanings are documented in the README."""
+"""The tables other applications read. Column meanings are documented in docs/tables.md."""
 
 from __future__ import annotations
 

@@ -2,9 +2,9 @@
 
 kombu receives one message per ``BRPOP`` and then records it as unacknowledged (the ``unacked``
 hash and index, which is how a dead worker's messages come back) in a second round trip. The
-worker's main process, which receives every message of the queue, spent most of its time
-waiting on those round trips (``bash bench/run --only hacks``: this transport drains a backlog
-1.65 times as fast as kombu's, at less than half the CPU per event).
+worker's main process, which receives every message of the queue, spends most of its time
+waiting on those round trips (what this buys is measured by ``bash bench/run --only hacks``;
+see this package's README).
 
 This transport keeps kombu's ``BRPOP`` (it wakes the worker when a message arrives, and kombu
 records that message as it always does), and after each message it takes up to ``MAX_FETCH``

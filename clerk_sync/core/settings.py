@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Self
+from typing import Final, Self
 
 DEFAULT_DATABASE_URL = "sqlite:///clerk-sync.db"
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
@@ -123,45 +123,241 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Everything configurable, with production-sane defaults (see README, "Configuration")."""
+class Setting:
+    """How an operator sets a ``Settings`` field: the environment variable ``from_env`` reads for
+    it, what it means (one line of Markdown), and, where the field's default does not say it, the
+    default as an operator sees it. ``docs/configuration.md`` is generated from these
+    (``python -m clerk_sync.core.settings_doc``)."""
 
-    webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
-    database_url: str = DEFAULT_DATABASE_URL
-    broker_url: str = DEFAULT_BROKER_URL
-    broker_filesystem_dir: str = ".clerk-sync-broker"
-    queue_name: str = "clerk-sync"
-    max_body_bytes: int = 1024 * 1024
-    body_timeout_seconds: float = 10.0
-    """The ingress answers 408 when a request body stops arriving for this long."""
-    workspace_metadata_key: str = "convexWorkspaceId"
-    clerk_secret_key: str = field(default="", repr=False)
-    """Backend API key for ``reconcile``; "" when unset. Never logged or printed."""
-    clerk_api_url: str = DEFAULT_CLERK_API_URL
-    clerk_api_max_requests_per_second: float = 5.0
-    reconcile_interval_minutes: int | None = None
-    """Beat runs ``reconcile`` this often; None (the default) never does."""
-    max_retries: int = 8
-    retry_backoff_seconds: float = 2.0
-    retry_backoff_max_seconds: float = 120.0
-    visibility_timeout_seconds: int = 300
-    broker_publish_timeout_seconds: float = 2.0
-    db_lock_timeout_ms: int = 10_000
-    db_idle_in_transaction_timeout_ms: int = 60_000
-    """PostgreSQL ends a worker session left idle inside a transaction this long (a frozen or
-    cut-off worker), releasing the organization locks it holds; 0 never does."""
-    ledger_redeliver_after_seconds: int = 600
-    ledger_sweep_interval_seconds: int = 60
-    purge_after_days: int | None = None
-    """Beat deletes applied and skipped events older than this; None (the default) never does."""
-    log_format: str = "json"
-    log_level: str = "INFO"
-    worker_metrics_port: int = 9808
-    allow_untested_versions: bool = False
-    batch_size: int = 100
-    """Most events a worker applies in one database transaction; 1 applies them one by one."""
-    batch_flush_interval_ms: int = 50
-    """Longest an event waits in a worker's buffer for a batch while no pool process is idle."""
+    variable: str
+    meaning: str
+    shown_default: str | None = None
+
+
+SETTING: Final = "clerk_sync.setting"
+"""The key of a ``Setting`` in a ``Settings`` field's metadata."""
+
+
+def documented(variable: str, meaning: str, shown_default: str | None = None) -> dict[str, Setting]:
+    """Field metadata naming a setting's environment variable and meaning (see ``Setting``)."""
+    return {SETTING: Setting(variable, meaning, shown_default)}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, with production-sane defaults; each field's metadata names its
+    environment variable and meaning (``docs/configuration.md`` is generated from them)."""
+
+    webhook_secrets: tuple[str, ...] = field(
+        default=(),
+        repr=False,
+        metadata=documented(
+            "CLERK_WEBHOOK_SECRET",
+            "the endpoint's Signing Secret `whsec_…`; several separated by spaces or commas "
+            "during a rotation (each is tried)",
+            "— (required by the ingress)",
+        ),
+    )
+    database_url: str = field(
+        default=DEFAULT_DATABASE_URL,
+        metadata=documented(
+            "DATABASE_URL", "SQLAlchemy URL; `postgresql://…` is routed to psycopg 3"
+        ),
+    )
+    broker_url: str = field(
+        default=DEFAULT_BROKER_URL,
+        metadata=documented(
+            "CELERY_BROKER_URL", "the broker; `filesystem://` is for `clerk-sync dev` only"
+        ),
+    )
+    broker_filesystem_dir: str = field(
+        default=".clerk-sync-broker",
+        metadata=documented(
+            "CLERK_SYNC_BROKER_DIR", "folder of the filesystem broker (`clerk-sync dev`)"
+        ),
+    )
+    queue_name: str = field(
+        default="clerk-sync",
+        metadata=documented("CLERK_SYNC_QUEUE", "queue name (a Redis list of that name)"),
+    )
+    max_body_bytes: int = field(
+        default=1024 * 1024,
+        metadata=documented(
+            "CLERK_SYNC_MAX_BODY_BYTES", "larger bodies get `413` before being read in full"
+        ),
+    )
+    body_timeout_seconds: float = field(
+        default=10.0,
+        metadata=documented(
+            "CLERK_SYNC_BODY_TIMEOUT_SECONDS",
+            "the ingress answers `408` when a request body stops arriving for this long (keep "
+            "it below Svix's 15 s)",
+        ),
+    )
+    workspace_metadata_key: str = field(
+        default="convexWorkspaceId",
+        metadata=documented(
+            "CLERK_SYNC_WORKSPACE_METADATA_KEY",
+            "`public_metadata` key copied into `organizations.workspace_id`",
+        ),
+    )
+    clerk_secret_key: str = field(
+        default="",
+        repr=False,
+        metadata=documented(
+            "CLERK_SECRET_KEY",
+            "the instance's Backend API secret key `sk_…`, for `clerk-sync reconcile`; sent only "
+            "in the `Authorization` header, never logged or printed",
+            "— (required by `reconcile`)",
+        ),
+    )
+    clerk_api_url: str = field(
+        default=DEFAULT_CLERK_API_URL,
+        metadata=documented(
+            "CLERK_API_URL", "base URL of Clerk's Backend API (`/v1/…` paths are appended)"
+        ),
+    )
+    clerk_api_max_requests_per_second: float = field(
+        default=5.0,
+        metadata=documented(
+            "CLERK_API_MAX_REQUESTS_PER_SECOND",
+            "cap on `reconcile`'s Backend API request rate (see "
+            "[Reconciliation](operations.md#reconciliation))",
+        ),
+    )
+    reconcile_interval_minutes: int | None = field(
+        default=None,
+        metadata=documented(
+            "CLERK_SYNC_RECONCILE_INTERVAL_MINUTES",
+            "beat runs `reconcile` this often; unset, it only runs by hand",
+            "— (never)",
+        ),
+    )
+    max_retries: int = field(
+        default=8,
+        metadata=documented(
+            "CLERK_SYNC_MAX_RETRIES",
+            "Celery retries of a transiently failing event before it is dead-lettered",
+        ),
+    )
+    retry_backoff_seconds: float = field(
+        default=2.0,
+        metadata=documented(
+            "CLERK_SYNC_RETRY_BACKOFF_SECONDS",
+            "first retry delay; doubles each time, with jitter",
+        ),
+    )
+    retry_backoff_max_seconds: float = field(
+        default=120.0,
+        metadata=documented(
+            "CLERK_SYNC_RETRY_BACKOFF_MAX_SECONDS",
+            "cap of the retry delay; must be below the visibility timeout",
+        ),
+    )
+    visibility_timeout_seconds: int = field(
+        default=300,
+        metadata=documented(
+            "CLERK_SYNC_VISIBILITY_TIMEOUT_SECONDS",
+            "how long Redis waits before redelivering a task a worker took but never acknowledged",
+        ),
+    )
+    broker_publish_timeout_seconds: float = field(
+        default=2.0,
+        metadata=documented(
+            "CLERK_SYNC_BROKER_PUBLISH_TIMEOUT_SECONDS",
+            "how long the ingress waits for the broker before answering `503`",
+        ),
+    )
+    db_lock_timeout_ms: int = field(
+        default=10_000,
+        metadata=documented(
+            "CLERK_SYNC_DB_LOCK_TIMEOUT_MS",
+            "PostgreSQL `lock_timeout` for workers; a lock wait beyond it is retried",
+        ),
+    )
+    db_idle_in_transaction_timeout_ms: int = field(
+        default=60_000,
+        metadata=documented(
+            "CLERK_SYNC_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+            "a worker session that has waited this long for its client inside a transaction (a "
+            "frozen or cut-off worker) is ended, releasing the organization locks it holds: by "
+            "PostgreSQL between statements, by another worker's lock timeout in the middle of a "
+            "pipeline (see [worker frozen](operations.md#an-event-in-flight-when-something-fails))"
+            "; `0`: never",
+        ),
+    )
+    ledger_redeliver_after_seconds: int = field(
+        default=600,
+        metadata=documented(
+            "CLERK_SYNC_LEDGER_REDELIVER_AFTER_SECONDS",
+            "an accepted event not finished after this long is published again by the sweeper",
+        ),
+    )
+    ledger_sweep_interval_seconds: int = field(
+        default=60,
+        metadata=documented(
+            "CLERK_SYNC_LEDGER_SWEEP_INTERVAL_SECONDS", "how often beat runs the sweeper"
+        ),
+    )
+    purge_after_days: int | None = field(
+        default=None,
+        metadata=documented(
+            "CLERK_SYNC_PURGE_AFTER_DAYS",
+            "beat purges `applied`/`skipped` events received more than this many days ago, "
+            "hourly; a purged event is lost to `clerk-sync rebuild` (see "
+            "[Retention](operations.md#retention))",
+            "— (never)",
+        ),
+    )
+    log_format: str = field(
+        default="json",
+        metadata=documented(
+            "CLERK_SYNC_LOG_FORMAT", "`json` lines for production, `console` for people"
+        ),
+    )
+    log_level: str = field(
+        default="INFO",
+        metadata=documented(
+            "CLERK_SYNC_LOG_LEVEL",
+            "`DEBUG`, `INFO`, `WARNING` or `ERROR`, for the ingress and the workers; `DEBUG` "
+            "adds one ingress line per accepted event",
+        ),
+    )
+    worker_metrics_port: int = field(
+        default=9808,
+        metadata=documented(
+            "CLERK_SYNC_WORKER_METRICS_PORT",
+            "port of each worker's Prometheus endpoint; `0` turns it off",
+        ),
+    )
+    allow_untested_versions: bool = field(
+        default=False,
+        metadata=documented(
+            "CLERK_SYNC_ALLOW_UNTESTED_VERSIONS",
+            "`1`: start the worker, ingress, Flower and beat even with a celery, kombu, "
+            "billiard, redis-py or hiredis outside the tested minor versions (a warning instead "
+            "of a refusal; for `scripts/upgrade-canary`, see "
+            "[Upgrades](development.md#upgrades))",
+        ),
+    )
+    batch_size: int = field(
+        default=100,
+        metadata=documented(
+            "CLERK_SYNC_BATCH_SIZE",
+            "most events a worker applies in one database transaction; each pool process also "
+            "reserves up to twice this many messages (see [Batches](architecture.md#batches)); "
+            "`1` turns batching off (one Celery task per event)",
+        ),
+    )
+    batch_flush_interval_ms: int = field(
+        default=50,
+        metadata=documented(
+            "CLERK_SYNC_BATCH_FLUSH_INTERVAL_MS",
+            "longest a received event waits in the worker's buffer while every pool process is "
+            "applying a batch (while one is idle, it waits for nothing); at most a tenth of the "
+            "visibility timeout",
+        ),
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
