@@ -50,7 +50,8 @@ def as_utc(moment: datetime | None) -> datetime | None:
     return moment.astimezone(UTC)
 
 
-def to_milliseconds(moment: datetime) -> int:
+def unix_milliseconds(moment: datetime) -> int:
+    """``moment`` as Unix milliseconds, the unit of Clerk's timestamps in the tables."""
     return int(moment.timestamp() * 1000)
 
 
@@ -102,9 +103,9 @@ class EventFilter:
             conditions.append(events.organization_id == self.organization_id)
         if self.by_event_time:
             if self.since is not None:
-                conditions.append(events.event_timestamp >= to_milliseconds(self.since))
+                conditions.append(events.event_timestamp >= unix_milliseconds(self.since))
             if self.until is not None:
-                conditions.append(events.event_timestamp < to_milliseconds(self.until))
+                conditions.append(events.event_timestamp < unix_milliseconds(self.until))
         else:
             if self.since is not None:
                 conditions.append(events.received_at >= as_utc(self.since))
@@ -132,7 +133,7 @@ class StoredEvent:
 
     @property
     def received_at_ms(self) -> int:
-        return to_milliseconds(self.received_at)
+        return unix_milliseconds(self.received_at)
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> StoredEvent:

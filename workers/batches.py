@@ -26,6 +26,7 @@ from workers.processing import (
     describe_event,
     record_retries,
 )
+from workers.retries import describe_error
 
 if TYPE_CHECKING:
     from workers.runtime import WorkerRuntime
@@ -91,7 +92,7 @@ def process_batch(
         else:
             log.warning(
                 "batch failed; applying its events one by one",
-                extra={"events": len(unique), "error": _describe(error)},
+                extra={"events": len(unique), "error": describe_error(error)},
             )
             _one_by_one(runtime, unique, error, started, finished, transient, failed)
 
@@ -187,7 +188,7 @@ def _retry_or_dead_letter(
         except BROKER_ERRORS as error:
             log.error(
                 "event could not be published for a retry; returned to the queue",
-                extra={"svix_id": svix_id, "error": _describe(error)},
+                extra={"svix_id": svix_id, "error": describe_error(error)},
             )
             outcomes[svix_id] = REQUEUE
             continue
@@ -199,7 +200,7 @@ def _retry_or_dead_letter(
             APPLY_EVENT_TASK,
             item.task_id,
             round(countdown, 3),
-            _describe(transient[svix_id]),
+            describe_error(transient[svix_id]),
             extra={"svix_id": svix_id, "event_type": events[svix_id].event_type},
         )
         outcomes[svix_id] = RETRY
@@ -243,10 +244,6 @@ def _log_unexpected(item: BatchItem | IncomingEvent, error: BaseException) -> No
         exc_info=error,
         extra={"svix_id": item.svix_id},
     )
-
-
-def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
 
 
 def batching(settings: Any) -> bool:

@@ -9,12 +9,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any
 
 from sqlalchemy import Connection, Engine
-from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from clerk_sync.core.json_reading import read_payload
+from clerk_sync.core.outcomes import DEFERRED
 from models.database import holding_locks, is_transient, transaction
 from models.events import (
     APPLIED,
@@ -37,10 +37,10 @@ from models.queued import writing_together
 from models.tombstones import knowing_tombstones
 from workers.handlers import HANDLERS, Targets
 from workers.handlers.payloads import PoisonEventError, read_envelope, to_milliseconds
+from workers.retries import IN_PROCESS_ATTEMPTS, describe_error, retry_transient
 
 log = logging.getLogger("clerk_sync.worker")
 
-IN_PROCESS_ATTEMPTS = 3
 """Short blips (a dropped connection, a deadlock victim) are retried here before Celery's slower,
 backed-off retries take over."""
 
@@ -146,11 +146,6 @@ class BatchResult:
     """Already finished by an earlier delivery: acknowledged and ignored."""
 
 
-DEFERRED: Final = "deferred"
-"""``apply_batch`` without waiting for locks: another transaction holds a lock this event's
-mutation takes, so it was left as it was (recorded, not applied) for a later batch."""
-
-
 def apply_batch(
     engine: Engine,
     events: Sequence[IncomingEvent],
@@ -183,7 +178,7 @@ def apply_batch(
             raise
         log.info(
             "batch applied again with a savepoint per event",
-            extra={"events": len(events), "error": _describe(failure.__cause__ or failure)},
+            extra={"events": len(events), "error": describe_error(failure.__cause__ or failure)},
         )
         return _apply_batch(engine, events, workspace_key, isolated=True, wait=wait_for_locks)
 
@@ -257,12 +252,7 @@ def _log_batch(events: Sequence[IncomingEvent], results: dict[str, BatchResult])
     )
 
 
-apply_batch_with_short_retries = retry(
-    retry=retry_if_exception(is_transient),
-    stop=stop_after_attempt(IN_PROCESS_ATTEMPTS),
-    wait=wait_random_exponential(multiplier=0.05, max=1.0),
-    reraise=True,
-)(apply_batch)
+apply_batch_with_short_retries = retry_transient(apply_batch)
 
 
 @contextmanager
@@ -350,12 +340,7 @@ def apply_payload(
     return APPLIED, None
 
 
-apply_with_short_retries = retry(
-    retry=retry_if_exception(is_transient),
-    stop=stop_after_attempt(IN_PROCESS_ATTEMPTS),
-    wait=wait_random_exponential(multiplier=0.05, max=1.0),
-    reraise=True,
-)(apply_event)
+apply_with_short_retries = retry_transient(apply_event)
 
 
 def record_retry(engine: Engine, event: IncomingEvent, error: BaseException) -> None:
@@ -364,7 +349,7 @@ def record_retry(engine: Engine, event: IncomingEvent, error: BaseException) -> 
     try:
         with transaction(engine) as connection:
             note_failed_attempt(
-                connection, event, attempts=IN_PROCESS_ATTEMPTS, error=_describe(error)
+                connection, event, attempts=IN_PROCESS_ATTEMPTS, error=describe_error(error)
             )
     except Exception as failure:
         if not is_transient(failure):
@@ -379,7 +364,7 @@ def record_retries(engine: Engine, failures: Sequence[tuple[IncomingEvent, BaseE
         with transaction(engine) as connection:
             for event, error in sorted(failures, key=lambda failure: failure[0].svix_id):
                 note_failed_attempt(
-                    connection, event, attempts=IN_PROCESS_ATTEMPTS, error=_describe(error)
+                    connection, event, attempts=IN_PROCESS_ATTEMPTS, error=describe_error(error)
                 )
     except Exception as failure:
         level = logging.WARNING if is_transient(failure) else logging.ERROR
@@ -387,7 +372,7 @@ def record_retries(engine: Engine, failures: Sequence[tuple[IncomingEvent, BaseE
             level,
             "failed attempts not recorded",
             exc_info=not is_transient(failure),
-            extra={"events": len(failures), "error": _describe(failure)},
+            extra={"events": len(failures), "error": describe_error(failure)},
         )
 
 
@@ -403,12 +388,8 @@ def dead_letter(engine: Engine, event: IncomingEvent, error: BaseException) -> N
             attempts=IN_PROCESS_ATTEMPTS,
             error="".join(traceback.format_exception(error)),
         )
-    log.error("event dead-lettered", extra={**_context(event), "error": _describe(error)})
+    log.error("event dead-lettered", extra={**_context(event), "error": describe_error(error)})
 
 
 def _context(event: IncomingEvent) -> dict[str, Any]:
     return {"svix_id": event.svix_id, "event_type": event.event_type}
-
-
-def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"

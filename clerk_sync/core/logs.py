@@ -13,8 +13,6 @@ from typing import Any
 
 import structlog
 
-FORMATS = ("json", "console")
-
 
 def configure_logging(log_format: str = "json", level: str | int = "INFO") -> None:
     shared: list[Any] = [

@@ -9,7 +9,9 @@ from typing import Final
 from models.events import APPLIED, DEAD, SKIPPED
 
 DEFERRED: Final = "deferred"
-"""Its locks were held by another batch: it goes back to the buffer for a later batch."""
+"""``apply_batch`` without waiting for locks: another transaction holds a lock this event's
+mutation takes, so it was left as it was (recorded, not applied) and goes back to the buffer
+for a later batch."""
 RETRY: Final = "retry"
 """The event failed transiently and was published again with a countdown."""
 FAILED: Final = "failed"

@@ -131,12 +131,6 @@ class Ledger:
             ]
         )
 
-    def remember(self, event: QueuedEvent, due_at: float) -> None:
-        pipeline = self._client.pipeline(transaction=True)
-        pipeline.hset(LEDGER_MESSAGES_KEY, event.svix_id, _ledger_entry(event))
-        pipeline.zadd(LEDGER_DUE_KEY, {event.svix_id: due_at})
-        pipeline.execute()
-
     def forget(self, svix_ids: Sequence[str]) -> None:
         if not svix_ids:
             return

@@ -31,12 +31,12 @@ from tests.models.support import (
     tombstone_rows,
 )
 from workers.processing import (
-    IN_PROCESS_ATTEMPTS,
     apply_event,
     dead_letter,
     describe_event,
     record_retry,
 )
+from workers.retries import IN_PROCESS_ATTEMPTS
 
 
 def as_utc(moment: datetime | None) -> datetime | None:

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine, inspect, text
 
 from clerk_sync.cli import main
-from models.migrate import alembic_config, current_revision_is_head, upgrade
+from models.migrate import alembic_config, upgrade
 from models.tables import metadata
 from tests.conftest import POSTGRES_ADMIN_URL
 from tests.factories import event, organization_data
@@ -66,6 +66,17 @@ def table_names(url: str) -> set[str]:
         return set(inspect(engine).get_table_names())
     finally:
         engine.dispose()
+
+
+def current_revision_is_head(database_url: str) -> bool:
+    heads = set(ScriptDirectory.from_config(alembic_config(database_url)).get_heads())
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            current = set(MigrationContext.configure(connection).get_current_heads())
+    finally:
+        engine.dispose()
+    return current == heads
 
 
 def test_upgrade_brings_a_brand_new_database_to_head(blank_url: str) -> None:

@@ -26,6 +26,7 @@ class Envelope:
 
 
 def to_milliseconds(value: int) -> int:
+    """A Clerk timestamp in milliseconds, whether it came in seconds or milliseconds."""
     return value * 1000 if value < SECONDS_THRESHOLD else value
 
 

@@ -33,9 +33,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from sqlalchemy import Connection, Engine, Table, select
-from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from models.database import LockBusyError, hold_session_lock, is_transient
+from models.database import LockBusyError, hold_session_lock
 from models.memberships import remove_membership, upsert_membership
 from models.organizations import delete_organization, upsert_organization
 from models.tables import organization_memberships, organizations, users
@@ -48,6 +47,7 @@ from workers.reconcile.errors import MassDeletionError, ReconcileBusyError
 from workers.reconcile.journal import Checkpoint, Journal
 from workers.reconcile.phases import MEMBERSHIPS, ORGANIZATIONS, PHASES, USERS
 from workers.reconcile.report import Counts, NoProgress, Progress, ReconcileReport
+from workers.retries import retry_transient
 
 log = logging.getLogger("clerk_sync.reconcile")
 
@@ -80,14 +80,6 @@ def _upsert(
     if phase == MEMBERSHIPS:
         return upsert_membership(connection, membership_snapshot(item, workspace_key))
     return upsert_user(connection, user_snapshot(item))
-
-
-retry_transient = retry(
-    retry=retry_if_exception(is_transient),
-    stop=stop_after_attempt(3),
-    wait=wait_random_exponential(multiplier=0.05, max=1.0),
-    reraise=True,
-)
 
 
 class Reconciler:
