@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, Final
 
 from sqlalchemy import Connection, bindparam, select, update
@@ -12,10 +13,39 @@ from sqlalchemy import Connection, bindparam, select, update
 from models.database import cached_statement, insert_for
 from models.tables import webhook_events
 
-RECEIVED: Final = "received"
-APPLIED: Final = "applied"
-SKIPPED: Final = "skipped"
-DEAD: Final = "dead"
+
+class EventStatus(StrEnum):
+    """What became of a queued event. The first four are the inbox's statuses
+    (``webhook_events.status``); the others are what the worker did with a message whose event
+    did not end there (never stored)."""
+
+    RECEIVED = "received"
+    """Recorded, not (yet) applied: queued, or waiting for a retry."""
+    APPLIED = "applied"
+    SKIPPED = "skipped"
+    """Of a type clerk-sync does not handle, or older than what the tables hold."""
+    DEAD = "dead"
+    """Dead-lettered: it cannot be applied, or its retries are exhausted."""
+    DEFERRED = "deferred"
+    """A batch left it as it was (another batch held a lock it needs): back to the buffer."""
+    RETRY = "retry"
+    """Failed transiently: published again with a countdown."""
+    FAILED = "failed"
+    """An unexpected error: logged, and the message acknowledged, as Celery does with a failed
+    task (the ledger still holds the event)."""
+    REQUEUE = "requeue"
+    """Could not be handed on (the broker is down): the message goes back on the queue."""
+    IGNORED = "ignored"
+    """A second copy of an event in the same batch whose first copy was retried or failed."""
+
+
+RECEIVED: Final = EventStatus.RECEIVED
+APPLIED: Final = EventStatus.APPLIED
+SKIPPED: Final = EventStatus.SKIPPED
+DEAD: Final = EventStatus.DEAD
+
+FINAL_OUTCOMES: Final = frozenset({EventStatus.APPLIED, EventStatus.SKIPPED, EventStatus.DEAD})
+"""Outcomes committed for good: the event's ledger entry can go."""
 
 FINISHED: Final = frozenset({APPLIED, SKIPPED})
 """Statuses after which a redelivered copy of the event is acknowledged and ignored. A dead

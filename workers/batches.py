@@ -15,10 +15,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from clerk_sync.broker.batching import BatchItem
-from clerk_sync.core.outcomes import DEFERRED, FAILED, IGNORED, REQUEUE, RETRY
 from clerk_sync.core.queue import APPLY_EVENT_TASK, BROKER_ERRORS, QueuedEvent
 from models.database import is_transient
-from models.events import APPLIED, DEAD, IncomingEvent
+from models.events import APPLIED, DEAD, EventStatus, IncomingEvent
 from workers.processing import (
     apply_batch_with_short_retries,
     apply_event,
@@ -45,7 +44,7 @@ def run_batch(
         return process_batch(runtime, items, wait_for_locks=wait_for_locks)
     except Exception:
         log.exception("batch failed unexpectedly", extra={"events": len(items)})
-        return [FAILED] * len(items)
+        return [EventStatus.FAILED] * len(items)
 
 
 def process_batch(
@@ -83,9 +82,13 @@ def process_batch(
             finished = {
                 svix_id: result.status
                 for svix_id, result in results.items()
-                if result.status != DEFERRED
+                if result.status != EventStatus.DEFERRED
             }
-            deferred = {svix_id for svix_id, result in results.items() if result.status == DEFERRED}
+            deferred = {
+                svix_id
+                for svix_id, result in results.items()
+                if result.status == EventStatus.DEFERRED
+            }
     except Exception as error:  # noqa: BLE001 - handled event by event below
         if len(unique) == 1 and is_transient(error):
             transient[unique[0].svix_id] = error
@@ -97,14 +100,14 @@ def process_batch(
             _one_by_one(runtime, unique, error, started, finished, transient, failed)
 
     outcomes = _retry_or_dead_letter(runtime, first_copy, events, transient, finished, failed)
-    outcomes.update(dict.fromkeys(deferred, DEFERRED))
+    outcomes.update(dict.fromkeys(deferred, EventStatus.DEFERRED))
     elapsed = time.perf_counter() - started
     _observe(runtime, items, events, finished, elapsed)
     return [
-        outcomes.get(item.svix_id, FAILED)
+        outcomes.get(item.svix_id, EventStatus.FAILED)
         if first_copy[item.svix_id] is item
         # Another copy of the same event: it shares a finished outcome, and is dropped otherwise.
-        else finished.get(item.svix_id, IGNORED)
+        else finished.get(item.svix_id, EventStatus.IGNORED)
         for item in items
     ]
 
@@ -155,7 +158,7 @@ def _retry_or_dead_letter(
     """Hand each transiently failing event to a Celery retry (published again, same task id,
     ``retries`` + 1, after a backoff), or dead-letter it once its retries are exhausted."""
     outcomes: dict[str, str] = dict(finished)
-    outcomes.update(dict.fromkeys(failed, FAILED))
+    outcomes.update(dict.fromkeys(failed, EventStatus.FAILED))
     settings = runtime.settings
     exhausted = [s for s in transient if items[s].retries >= settings.max_retries]
     retrying = [s for s in transient if items[s].retries < settings.max_retries]
@@ -172,7 +175,7 @@ def _retry_or_dead_letter(
         # Dead-lettering needs the database: the message is dropped as Celery drops a failed
         # task, and the event, still in the ledger, is published again by the sweeper.
         _log_unexpected(items[svix_id], unreachable)
-        outcomes[svix_id] = FAILED
+        outcomes[svix_id] = EventStatus.FAILED
     if retrying:
         record_retries(runtime.engine, [(events[s], transient[s]) for s in retrying])
     for svix_id in retrying:
@@ -190,7 +193,7 @@ def _retry_or_dead_letter(
                 "event could not be published for a retry; returned to the queue",
                 extra={"svix_id": svix_id, "error": describe_error(error)},
             )
-            outcomes[svix_id] = REQUEUE
+            outcomes[svix_id] = EventStatus.REQUEUE
             continue
         event_type = (events[svix_id].event_type or "unknown")[:64]
         runtime.metrics.retries.labels(event_type).inc()
@@ -203,7 +206,7 @@ def _retry_or_dead_letter(
             describe_error(transient[svix_id]),
             extra={"svix_id": svix_id, "event_type": events[svix_id].event_type},
         )
-        outcomes[svix_id] = RETRY
+        outcomes[svix_id] = EventStatus.RETRY
     return outcomes
 
 

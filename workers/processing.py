@@ -14,7 +14,6 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from clerk_sync.core.json_reading import read_payload
-from clerk_sync.core.outcomes import DEFERRED
 from models.database import holding_locks, is_transient, transaction
 from models.events import (
     APPLIED,
@@ -22,6 +21,7 @@ from models.events import (
     FINISHED,
     RECEIVED,
     SKIPPED,
+    EventStatus,
     IncomingEvent,
     Outcome,
     claim_event,
@@ -161,7 +161,7 @@ def apply_batch(
     is committed as ``dead`` with its neighbours applied. Before the first mutation, the
     organization and user locks of all the batch's events are taken in one global order, so
     concurrent batches cannot deadlock. Without ``wait_for_locks``, only the free locks are
-    taken and the events needing one that another transaction holds are ``DEFERRED``: two
+    taken and the events needing one that another transaction holds are ``deferred``: two
     batches touching a few of the same organizations then run side by side instead of one
     after the other. Transient database errors propagate (the whole batch rolls back).
 
@@ -209,7 +209,7 @@ def _apply_batch(
         ):
             for event, document, is_ready in zip(pending, documents, ready, strict=True):
                 if not is_ready:
-                    results[event.svix_id] = BatchResult(DEFERRED, duplicate=False)
+                    results[event.svix_id] = BatchResult(EventStatus.DEFERRED, duplicate=False)
                     if event.svix_id in claims.presumed:
                         # Left for a later batch: its new row is made ``received`` after all.
                         outcomes.append(Outcome(event.svix_id, RECEIVED))
@@ -239,7 +239,7 @@ def _log_batch(events: Sequence[IncomingEvent], results: dict[str, BatchResult])
             log.debug("duplicate ignored", extra={**_context(event), "status": result.status})
         elif result.status == APPLIED:
             log.debug("event processed", extra={**_context(event), "status": result.status})
-        elif result.status != DEFERRED:
+        elif result.status != EventStatus.DEFERRED:
             log.info("event processed", extra={**_context(event), "status": result.status})
     log.info(
         "batch processed",

@@ -11,7 +11,7 @@ Batches are handed over
 
 The pool process runs the batch runner registered with ``register_batch_runner``
 (``workers.batches.run_batch``) and returns one outcome per message
-(``clerk_sync.core.outcomes``). Events whose locks another batch holds come back deferred, to
+(``models.events.EventStatus``). Events whose locks another batch holds come back deferred, to
 the buffer for a later batch; after ``MAX_DEFERRALS`` their batch waits for them. Each message
 is acknowledged only after the pool process returned, that is after its event's outcome was
 committed (late acknowledgement); if the pool process dies, the batch's messages are re-queued
@@ -38,8 +38,8 @@ from celery.worker.strategy import hybrid_to_proto2, proto1_to_proto2
 from kombu.asynchronous.timer import to_timestamp
 
 from clerk_sync.broker.settle import acknowledge_all, settle
-from clerk_sync.core.outcomes import DEFERRED, FINAL_OUTCOMES, REQUEUE
 from clerk_sync.core.queue import APPLY_EVENT_TASK, Ledger
+from models.events import FINAL_OUTCOMES, EventStatus
 
 log = logging.getLogger("clerk_sync.worker")
 
@@ -342,10 +342,14 @@ class Batcher:
                 }
             )
             settled = list(zip(requests, outcomes, strict=True))
-            again = [request for request, outcome in settled if outcome == DEFERRED]
-            settled = [(request, outcome) for request, outcome in settled if outcome != DEFERRED]
+            again = [request for request, outcome in settled if outcome == EventStatus.DEFERRED]
+            settled = [
+                (request, outcome)
+                for request, outcome in settled
+                if outcome != EventStatus.DEFERRED
+            ]
             acknowledge_all(
-                [request for request, outcome in settled if outcome != REQUEUE],
+                [request for request, outcome in settled if outcome != EventStatus.REQUEUE],
                 forget=finished,
                 ledger=self.ledger,
             )

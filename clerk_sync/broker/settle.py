@@ -12,8 +12,8 @@ from celery.worker.state import task_ready
 from kombu.transport.redis import QoS as RedisQoS
 from kombu.transport.virtual import QoS as VirtualQoS
 
-from clerk_sync.core.outcomes import FAILED, REQUEUE, RETRY
 from clerk_sync.core.queue import BROKER_ERRORS, Ledger
+from models.events import EventStatus
 
 log = logging.getLogger("clerk_sync.worker")
 
@@ -21,14 +21,14 @@ log = logging.getLogger("clerk_sync.worker")
 def settle(request: Any, outcome: str, runtime: float) -> None:
     """Celery's bookkeeping and task events (Flower) for one message whose batch returned;
     acknowledged already, unless it goes back on the queue."""
-    if outcome == REQUEUE:
+    if outcome == EventStatus.REQUEUE:
         task_ready(request)
         request.reject(requeue=True)
-    elif outcome == RETRY:
+    elif outcome == EventStatus.RETRY:
         task_ready(request)
         request.acknowledge()
         request.send_event("task-retried", exception="retried with a backoff", traceback="")
-    elif outcome == FAILED:
+    elif outcome == EventStatus.FAILED:
         task_ready(request)
         request.acknowledge()
         request.send_event("task-failed", exception="see the worker log", traceback="")
