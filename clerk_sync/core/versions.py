@@ -2,9 +2,10 @@
 
 A new minor release of celery, kombu, billiard, redis-py or hiredis can change an internal the
 integration relies on (kombu's unacked record, how its Redis transport reads a queue) and lose
-messages instead of failing. The worker and the ingress therefore start only with the minor versions the tests ran
-against (``TESTED``, the same as the ``~=`` ranges in ``pyproject.toml``, which a test holds
-equal); ``scripts/upgrade-canary`` tries newer ones with ``CLERK_SYNC_ALLOW_UNTESTED_VERSIONS``.
+messages instead of failing. The worker and the ingress therefore start only with the minor
+versions the tests ran against (``TESTED``, the same as the ``~=`` ranges in ``pyproject.toml``,
+which a test holds equal); ``scripts/upgrade-canary`` tries newer ones with
+``CLERK_SYNC_ALLOW_UNTESTED_VERSIONS``.
 """
 
 from __future__ import annotations
