@@ -80,7 +80,7 @@ def filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "--status",
             "statuses",
             multiple=True,
-            type=click.Choice(STATUSES),
+            type=click.Choice([str(status) for status in STATUSES]),
             help="Only events with this status (repeatable).",
         ),
         click.option(
