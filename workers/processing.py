@@ -35,7 +35,7 @@ from models.memberships import knowing_holders
 from models.organizations import knowing_organization_versions
 from models.queued import writing_together
 from models.tombstones import knowing_tombstones
-from workers.handlers import HANDLERS, Targets
+from workers.handlers import HANDLERS, Targets, organization_id_of
 from workers.handlers.payloads import PoisonEventError, read_envelope, to_milliseconds
 from workers.retries import IN_PROCESS_ATTEMPTS, describe_error, retry_transient
 
@@ -77,23 +77,18 @@ MAX_ORGANIZATION_ID_LENGTH = 64
 
 
 def organization_of(event_type: str | None, document: dict[str, Any]) -> str | None:
-    """The organization an event concerns: ``data.id`` for ``organization.*``,
-    ``data.organization.id`` for ``organizationMembership.*``, ``data.organization_id`` for
-    other types that carry one (invitations, domains). None when absent, or when the value could
-    not be stored (too long, NUL): recording the event matters more than this column.
+    """The organization an event concerns, as its event family reads it (``data.id`` for
+    ``organization.*``, ``data.organization.id`` for ``organizationMembership.*``), else
+    ``data.organization_id`` for types that carry one (invitations, domains): see
+    ``workers.handlers.organization_id_of``. None when absent, or when the value could not be
+    stored (too long, NUL): recording the event matters more than this column.
     (The 0002 migration backfills stored events with a frozen copy of this function.)"""
     data = document.get("data")
     if event_type is None or not isinstance(data, dict):
         return None
-    if event_type.startswith("organization."):
-        candidate = data.get("id")
-    elif event_type.startswith("organizationMembership."):
-        organization = data.get("organization")
-        candidate = organization.get("id") if isinstance(organization, dict) else None
-    else:
-        candidate = data.get("organization_id")
+    candidate = organization_id_of(event_type, data)
     if (
-        isinstance(candidate, str)
+        candidate is not None
         and 0 < len(candidate) <= MAX_ORGANIZATION_ID_LENGTH
         and "\x00" not in candidate
     ):

@@ -1,33 +1,49 @@
-"""Event type → handler. Types not listed here are recorded as ``skipped``."""
+"""The registry: event type → handler, built from the event families (each handler module's
+``FAMILY``, the one place its payload layout is read). Types not listed are recorded as
+``skipped``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from sqlalchemy import Connection
-
 from models.database import lock_keys
-from models.tombstones import ORGANIZATION, ORGANIZATION_MEMBERSHIP, USER
-from workers.handlers.memberships import on_membership_deleted, on_membership_upserted
-from workers.handlers.organizations import on_organization_deleted, on_organization_upserted
-from workers.handlers.payloads import Envelope
-from workers.handlers.users import on_user_deleted, on_user_upserted
+from workers.handlers import memberships, organizations, users
+from workers.handlers.family import EventFamily, Handler
 
-Handler = Callable[[Connection, Envelope, str], None]
+__all__ = ["FAMILIES", "HANDLERS", "EventFamily", "Handler", "Targets", "organization_id_of"]
+
+FAMILIES: Final[dict[str, EventFamily]] = {
+    family.name: family for family in (organizations.FAMILY, memberships.FAMILY, users.FAMILY)
+}
+"""Event family by name, the part of an event type before its first dot."""
+
+FAMILY_OF_TYPE: Final[dict[str, EventFamily]] = {
+    event_type: family for family in FAMILIES.values() for event_type in family.event_types()
+}
 
 HANDLERS: Final[dict[str, Handler]] = {
-    "organization.created": on_organization_upserted,
-    "organization.updated": on_organization_upserted,
-    "organization.deleted": on_organization_deleted,
-    "organizationMembership.created": on_membership_upserted,
-    "organizationMembership.updated": on_membership_upserted,
-    "organizationMembership.deleted": on_membership_deleted,
-    "user.created": on_user_upserted,
-    "user.updated": on_user_upserted,
-    "user.deleted": on_user_deleted,
+    event_type: handler
+    for family in FAMILIES.values()
+    for event_type, handler in family.event_types().items()
 }
+
+
+def family_named_in(event_type: str) -> EventFamily | None:
+    """The family whose name prefixes ``<name>.<action>``, whether or not it handles the action."""
+    name, dot, _ = event_type.partition(".")
+    return FAMILIES.get(name) if dot else None
+
+
+def organization_id_of(event_type: str, data: Mapping[str, Any]) -> str | None:
+    """The organization an event concerns, as its family reads it; for other types (invitations,
+    domains) and families whose layout names none, ``data.organization_id``. None when absent."""
+    family = family_named_in(event_type)
+    if family is not None and family.organization_id is not None:
+        return family.organization_id(data)
+    candidate = data.get("organization_id")
+    return candidate if isinstance(candidate, str) else None
 
 
 @dataclass
@@ -59,44 +75,13 @@ class Targets:
         return lock_keys(self.organizations, self.users)
 
     def add(self, document: Any) -> None:
-        """Add what the handler of this (parsed) payload touches."""
+        """Add what the handler of this (parsed) payload touches, as its family reads it."""
         if not isinstance(document, dict):
             return
         event_type = document.get("type")
         data = document.get("data")
         if not isinstance(event_type, str) or not isinstance(data, dict):
             return
-        if event_type not in HANDLERS:
-            return
-        family, _, action = event_type.partition(".")
-        if family == "organization":
-            organization_id = _id(data.get("id"))
-            if organization_id:
-                self.organizations.add(organization_id)
-                self.tombstones.add((ORGANIZATION, organization_id))
-        elif family == "organizationMembership":
-            organization = data.get("organization")
-            member = data.get("public_user_data")
-            organization_id = _id(organization.get("id")) if isinstance(organization, dict) else ""
-            user_id = _id(member.get("user_id")) if isinstance(member, dict) else ""
-            membership_id = _id(data.get("id"))
-            if organization_id:
-                self.organizations.add(organization_id)
-                self.tombstones.add((ORGANIZATION, organization_id))
-                if membership_id:
-                    self.tombstones.add((ORGANIZATION_MEMBERSHIP, membership_id))
-            if action != "deleted" and user_id:
-                self.users.add(user_id)
-                self.tombstones.add((USER, user_id))
-                if organization_id:
-                    self.holders.add((organization_id, user_id))
-        elif family == "user":
-            user_id = _id(data.get("id"))
-            if user_id:
-                self.users.add(user_id)
-                self.tombstones.add((USER, user_id))
-
-
-def _id(value: Any) -> str:
-    """The id, or "" when the payload holds none."""
-    return value if isinstance(value, str) else ""
+        family = FAMILY_OF_TYPE.get(event_type)
+        if family is not None:
+            family.add_targets(self, event_type.partition(".")[2], data)

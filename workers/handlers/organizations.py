@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from sqlalchemy import Connection
 
 from models.organizations import delete_organization, upsert_organization
-from workers.handlers.payloads import Envelope, organization_snapshot, require, require_event_time
+from models.tombstones import ORGANIZATION
+from workers.handlers.family import EventFamily, TargetSink
+from workers.handlers.payloads import (
+    Envelope,
+    id_in,
+    organization_snapshot,
+    require,
+    require_event_time,
+)
 
 
 def on_organization_upserted(
@@ -21,3 +32,26 @@ def on_organization_deleted(
     delete_organization(
         connection, require(envelope.data, "id", str, "data"), require_event_time(envelope)
     )
+
+
+def organization_id(data: Mapping[str, Any]) -> str | None:
+    """``data.id``: the payload is the organization."""
+    return id_in(data, "id") or None
+
+
+def add_targets(targets: TargetSink, _action: str, data: Mapping[str, Any]) -> None:
+    if identifier := organization_id(data):
+        targets.organizations.add(identifier)
+        targets.tombstones.add((ORGANIZATION, identifier))
+
+
+FAMILY = EventFamily(
+    name="organization",
+    handlers={
+        "created": on_organization_upserted,
+        "updated": on_organization_upserted,
+        "deleted": on_organization_deleted,
+    },
+    add_targets=add_targets,
+    organization_id=organization_id,
+)

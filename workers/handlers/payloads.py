@@ -61,6 +61,15 @@ def optional(mapping: Mapping[str, Any], key: str, kind: type | tuple[type, ...]
     return value if isinstance(value, kind) and not isinstance(value, bool) else None
 
 
+def id_in(value: Any, key: str) -> str:
+    """The string at ``key`` of an object, or "" when ``value`` is no object or holds none there.
+    For reading ahead of the handler (locks, lookups), which must never raise."""
+    if not isinstance(value, dict):
+        return ""
+    identifier = value.get(key)
+    return identifier if isinstance(identifier, str) else ""
+
+
 def require_timestamp(mapping: Mapping[str, Any], key: str, where: str) -> int:
     return to_milliseconds(int(require(mapping, key, int, where)))
 

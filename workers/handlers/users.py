@@ -7,9 +7,12 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from models.tombstones import USER
 from models.users import UserSnapshot, delete_user, upsert_user
+from workers.handlers.family import EventFamily, TargetSink
 from workers.handlers.payloads import (
     Envelope,
+    id_in,
     optional,
     require,
     require_event_time,
@@ -57,3 +60,19 @@ def on_user_deleted(connection: Connection, envelope: Envelope, _workspace_key: 
     """The payload is a DeletedObject (``{object, id, deleted}``, maybe ``external_id``) with no
     version: the envelope time dates the deletion."""
     delete_user(connection, require(envelope.data, "id", str, "data"), require_event_time(envelope))
+
+
+def add_targets(targets: TargetSink, _action: str, data: Mapping[str, Any]) -> None:
+    """``data.id``: the payload is the user (or, deleted, a DeletedObject with its id)."""
+    if user_id := id_in(data, "id"):
+        targets.users.add(user_id)
+        targets.tombstones.add((USER, user_id))
+
+
+FAMILY = EventFamily(
+    name="user",
+    handlers={"created": on_user_upserted, "updated": on_user_upserted, "deleted": on_user_deleted},
+    add_targets=add_targets,
+    # A user is in no one organization: like other types, ``data.organization_id`` if any.
+    organization_id=None,
+)

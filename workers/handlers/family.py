@@ -1,0 +1,43 @@
+"""What an event family (``organization``, ``organizationMembership``, ``user``) tells the rest
+of the worker, from its one reading of the payload: its handlers, what they touch, and the
+organization an event concerns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy import Connection
+
+from workers.handlers.payloads import Envelope
+
+Handler = Callable[[Connection, Envelope, str], None]
+
+
+class TargetSink(Protocol):
+    """Where a family adds what a handler touches (``workers.handlers.Targets``)."""
+
+    organizations: set[str]
+    users: set[str]
+    tombstones: set[tuple[str, str]]
+    holders: set[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class EventFamily:
+    """The event types ``<name>.<action>`` one handler module applies."""
+
+    name: str
+    handlers: Mapping[str, Handler]
+    """Handler by action (``created``, ``updated``, ``deleted``)."""
+    add_targets: Callable[[TargetSink, str, Mapping[str, Any]], None]
+    """Add, for an action and its ``data``, what the handler touches as far as the payload names
+    it. Never raises: whatever is missing or malformed makes the handler dead-letter the event."""
+    organization_id: Callable[[Mapping[str, Any]], str | None] | None = None
+    """The organization an event's ``data`` concerns (None when it names none). None when the
+    family's own layout names no organization: then ``data.organization_id`` is read, as for the
+    types no family applies."""
+
+    def event_types(self) -> dict[str, Handler]:
+        return {f"{self.name}.{action}": handler for action, handler in self.handlers.items()}
