@@ -680,7 +680,7 @@ def test_pool_process_killed_alone_has_its_task_requeued_at_once(
     # A backlog long enough (seconds of work for the batched worker, which takes up to 100
     # messages per round trip) that the kills below land on running tasks before it drains:
     # a kill can find its process between batches, and the next try needs messages in flight.
-    stream = clerk_stream(histories=160, organizations=4, events_per_history=100, seed=9)
+    stream = clerk_stream(histories=320, organizations=4, events_per_history=100, seed=9)
     enqueue(stream.events)
     worker = start_worker(settings, concurrency=2)
     started = time.monotonic()
