@@ -13,7 +13,8 @@ from typing import Any
 import structlog
 from celery import Celery, Task, signals
 
-from clerk_sync.broker.batching import BatchingTask, register_batch_runner
+from clerk_sync.broker.batch_items import register_batch_runner
+from clerk_sync.broker.batching import BatchingTask
 from clerk_sync.broker.pool import POOL
 from clerk_sync.broker.transport import TRANSPORT
 from clerk_sync.core.logs import configure_logging

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from clerk_sync.broker.batching import BatchItem
+from clerk_sync.broker.batch_items import BatchItem
 from clerk_sync.core.queue import APPLY_EVENT_TASK, BROKER_ERRORS, QueuedEvent
 from models.database import is_transient
 from models.events import APPLIED, DEAD, EventStatus, IncomingEvent

@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final
 
@@ -37,8 +34,9 @@ from celery.worker.state import task_accepted, task_ready, task_reserved, task_s
 from celery.worker.strategy import hybrid_to_proto2, proto1_to_proto2
 from kombu.asynchronous.timer import to_timestamp
 
+from clerk_sync.broker.batch_items import batch_item, run_batch, runner_ledger
 from clerk_sync.broker.settle import acknowledge_all, settle
-from clerk_sync.core.queue import APPLY_EVENT_TASK, Ledger
+from clerk_sync.core.queue import APPLY_EVENT_TASK
 from models.events import FINAL_OUTCOMES, EventStatus
 
 log = logging.getLogger("clerk_sync.worker")
@@ -49,37 +47,6 @@ MAX_DEFERRALS: Final = 3
 SUPPORTED_POOLS: Final = (prefork.TaskPool, solo.TaskPool)
 """Pools (and their subclasses, such as ``clerk_sync.broker.pool.TaskPool``) whose results come
 back in the main process's event loop, not in other threads."""
-
-
-@dataclass(frozen=True)
-class BatchItem:
-    """One message of a batch, as a pool process gets it (it must pickle)."""
-
-    task_id: str
-    svix_id: str
-    payload: str
-    received_at_ms: int
-    retries: int
-
-
-BatchRunner = Callable[[list[BatchItem], bool], list[str]]
-"""Applies a batch in a pool process: ``(items, wait_for_locks)`` to one outcome per item."""
-
-_RUNNERS: dict[str, tuple[BatchRunner, Callable[[], Ledger | None]]] = {}
-"""Batch runners (and the ledger their events are in) by key, registered before the pool
-forks: a batch names its runner, so that it pickles as a key."""
-
-
-def register_batch_runner(runner: BatchRunner, ledger: Callable[[], Ledger | None]) -> str:
-    key = uuid.uuid4().hex
-    _RUNNERS[key] = (runner, ledger)
-    return key
-
-
-def run_batch(runner_key: str, items: list[BatchItem], wait_for_locks: bool = True) -> list[str]:
-    """Entry point in the pool process."""
-    runner, _ledger = _RUNNERS[runner_key]
-    return runner(items, wait_for_locks)
 
 
 class BatchingTask(Task):  # type: ignore[misc]
@@ -134,7 +101,7 @@ class Batcher:
         self.request_class = create_request_cls(
             symbol_by_name(task.Request), task, consumer.pool, self.hostname, self.eventer, app=app
         )
-        self.ledger = _RUNNERS[task.batch_runtime][1]()
+        self.ledger = runner_ledger(task.batch_runtime)
         self.batch_size = task.batch_size
         self.flush_interval = task.batch_flush_interval
         self.buffer: list[Any] = []
@@ -282,7 +249,7 @@ class Batcher:
             # it as Celery does (acknowledged, a task-revoked event).
             if (request.expires or request.id in self.revoked) and request.revoked():
                 continue
-            item = _batch_item(request)
+            item = batch_item(request)
             if item is None:
                 self._finish_unreadable(request)
                 continue
@@ -413,22 +380,3 @@ class Batcher:
         task_ready(request)
         request.acknowledge()
         request.send_event("task-failed", exception="TypeError('unexpected arguments')")
-
-
-def _batch_item(request: Any) -> BatchItem | None:
-    try:
-        args, kwargs = request.args, request.kwargs
-    except Exception:  # noqa: BLE001 - an undecodable body: answered as a failed task
-        return None
-    if kwargs or not isinstance(args, list | tuple) or len(args) != 3:
-        return None
-    svix_id, payload, received_at_ms = args
-    if (
-        not isinstance(svix_id, str)
-        or not isinstance(payload, str)
-        or not isinstance(received_at_ms, int)
-        or isinstance(received_at_ms, bool)
-    ):
-        return None
-    retries = request.request_dict.get("retries") or 0
-    return BatchItem(request.id, svix_id, payload, received_at_ms, int(retries))
