@@ -10,7 +10,7 @@ from typing import Any, Final
 
 from sqlalchemy import Connection, bindparam, select, update
 
-from models.database import cached_statement, insert_for
+from models.statements import cached_statement, insert_for
 from models.tables import webhook_events
 
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import logging
 import traceback
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 
 from clerk_sync.core.json_reading import read_payload
-from models.database import holding_locks, is_transient, transaction
+from models.database import is_transient, transaction
 from models.events import (
     APPLIED,
     DEAD,
@@ -30,11 +30,7 @@ from models.events import (
     finish_events,
     note_failed_attempt,
 )
-from models.known import forget_everything
-from models.memberships import knowing_holders
-from models.organizations import knowing_organization_versions
-from models.queued import writing_together
-from models.tombstones import knowing_tombstones
+from models.unit_of_work import UnitOfWork
 from workers.handlers import HANDLERS, Targets, organization_id_of
 from workers.handlers.payloads import PoisonEventError, read_envelope, to_milliseconds
 from workers.retries import IN_PROCESS_ATTEMPTS, describe_error, retry_transient
@@ -125,7 +121,7 @@ def apply_event(engine: Engine, event: IncomingEvent, workspace_key: str) -> str
             log.info("duplicate ignored", extra={**_context(event), "status": status})
             return status
         outcome, error = apply_payload(
-            connection, event.payload, workspace_key, document=event.document
+            UnitOfWork(connection), event.payload, workspace_key, document=event.document
         )
         finish_event(connection, event.svix_id, outcome, attempts=1, error=error)
     log.info("event processed", extra={**_context(event), "status": outcome})
@@ -198,10 +194,9 @@ def _apply_batch(
                 pending.append(event)
         outcomes = []
         documents = [parsed(event) for event in pending]
-        with (
-            prepared(connection, documents, wait=wait) as ready,
-            nullcontext() if isolated else writing_together(connection),
-        ):
+        work = UnitOfWork(connection)
+        ready = prepare(work, documents, wait=wait)
+        with nullcontext() if isolated else work.writing_together():
             for event, document, is_ready in zip(pending, documents, ready, strict=True):
                 if not is_ready:
                     results[event.svix_id] = BatchResult(EventStatus.DEFERRED, duplicate=False)
@@ -210,7 +205,7 @@ def _apply_batch(
                         outcomes.append(Outcome(event.svix_id, RECEIVED))
                     continue
                 status, error = apply_payload(
-                    connection, event.payload, workspace_key, isolated=isolated, document=document
+                    work, event.payload, workspace_key, isolated=isolated, document=document
                 )
                 outcomes.append(Outcome(event.svix_id, status, error))
                 results[event.svix_id] = BatchResult(status, duplicate=False)
@@ -250,32 +245,28 @@ def _log_batch(events: Sequence[IncomingEvent], results: dict[str, BatchResult])
 apply_batch_with_short_retries = retry_transient(apply_batch)
 
 
-@contextmanager
-def prepared(
-    connection: Connection, documents: Sequence[Any], *, wait: bool = True
-) -> Iterator[list[bool]]:
+def prepare(work: UnitOfWork, documents: Sequence[Any], *, wait: bool = True) -> list[bool]:
     """Take, up front, the locks every one of these payloads' mutations takes, in one global
-    order (so concurrent batches wait for each other instead of deadlocking), then read the
-    tombstones, membership holders and organization versions they look up, in one query each
-    (``models.known``). Yields, per payload, whether its locks are held: always when waiting;
-    without ``wait``, only the free locks are taken and the payloads needing a lock another
-    transaction holds must be left alone. ``documents`` are the parsed payloads (``parsed``)."""
+    order (so concurrent batches wait for each other instead of deadlocking), then read ahead
+    the tombstones, membership holders and organization versions they look up, in one query
+    each (``models.unit_of_work``). Returns, per payload, whether its locks are held: always
+    when waiting; without ``wait``, only the free locks are taken and the payloads needing a
+    lock another transaction holds must be left alone. ``documents`` are the parsed payloads
+    (``parsed``)."""
     targets = [Targets.of(document) for document in documents]
     everything = Targets()
     for payload_targets in targets:
         everything.merge(payload_targets)
-    with holding_locks(connection, everything.organizations, everything.users, wait=wait) as busy:
-        ready = [not (busy and payload_targets.lock_keys() & busy) for payload_targets in targets]
-        runnable = Targets()
-        for payload_targets, is_ready in zip(targets, ready, strict=True):
-            if is_ready:
-                runnable.merge(payload_targets)
-        with (
-            knowing_tombstones(connection, runnable.tombstones),
-            knowing_holders(connection, runnable.holders),
-            knowing_organization_versions(connection, runnable.organizations),
-        ):
-            yield ready
+    busy = work.take_locks(everything.organizations, everything.users, wait=wait)
+    ready = [not (busy and payload_targets.lock_keys() & busy) for payload_targets in targets]
+    runnable = Targets()
+    for payload_targets, is_ready in zip(targets, ready, strict=True):
+        if is_ready:
+            runnable.merge(payload_targets)
+    work.read_ahead(
+        sorted(runnable.tombstones), sorted(runnable.holders), sorted(runnable.organizations)
+    )
+    return ready
 
 
 def parsed(event: IncomingEvent) -> Any:
@@ -297,7 +288,7 @@ class IsolationNeededError(Exception):
 
 
 def apply_payload(
-    connection: Connection,
+    work: UnitOfWork,
     payload: str,
     workspace_key: str,
     *,
@@ -310,27 +301,27 @@ def apply_payload(
     through exactly the code ``apply_event`` uses. Transient database errors propagate. Without
     ``isolated`` there is no savepoint, and an event that cannot be applied raises
     ``IsolationNeededError`` instead of being reported dead. When the savepoint rolls back,
-    the batch forgets what it had read or noted (``models.known``): some of it may be undone.
+    the unit of work forgets what it had read or noted: some of it may be undone.
     ``document`` is the payload parsed already, if the caller has it.
     """
     try:
-        with connection.begin_nested() if isolated else nullcontext():
+        with work.connection.begin_nested() if isolated else nullcontext():
             envelope = read_envelope(read_payload(payload) if document is None else document)
             handler = HANDLERS.get(envelope.type)
             if handler is None:
                 return SKIPPED, f"no handler for event type {envelope.type!r}"
-            handler(connection, envelope, workspace_key)
+            handler(work, envelope, workspace_key)
     except (PoisonEventError, ValueError) as poison:
         if not isolated:
             raise IsolationNeededError from poison
-        forget_everything(connection)
+        work.rolled_back()
         return DEAD, f"{type(poison).__name__}: {poison}"
     except Exception as failure:
         if is_transient(failure):
             raise
         if not isolated:
             raise IsolationNeededError from failure
-        forget_everything(connection)
+        work.rolled_back()
         return DEAD, traceback.format_exc()
     return APPLIED, None
 

@@ -18,7 +18,8 @@ from clerk_sync.core.settings import Settings
 from models.database import transaction
 from models.events import APPLIED, SKIPPED
 from models.inbox import StoredEvent, applied_events_after, empty_synced_tables
-from workers.processing import apply_payload, parse_payload, prepared
+from models.unit_of_work import UnitOfWork
+from workers.processing import apply_payload, parse_payload, prepare
 from workers.retries import retry_transient
 
 
@@ -51,17 +52,15 @@ def rebuild(
             documents = [parse_payload(event.payload or "") for event in found]
             # The page's locks up front, in the workers' global order: a page applied while
             # workers apply batches waits for them instead of deadlocking with them.
-            with prepared(connection, documents):
-                for event, document in zip(found, documents, strict=True):
-                    assert event.payload is not None
-                    outcome, error = apply_payload(
-                        connection,
-                        event.payload,
-                        settings.workspace_metadata_key,
-                        document=document,
-                    )
-                    if outcome not in (APPLIED, SKIPPED):
-                        failed.append((event.svix_id, error or outcome))
+            work = UnitOfWork(connection)
+            prepare(work, documents)
+            for event, document in zip(found, documents, strict=True):
+                assert event.payload is not None
+                outcome, error = apply_payload(
+                    work, event.payload, settings.workspace_metadata_key, document=document
+                )
+                if outcome not in (APPLIED, SKIPPED):
+                    failed.append((event.svix_id, error or outcome))
         return found, failed
 
     @retry_transient

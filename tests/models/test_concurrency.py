@@ -1,7 +1,7 @@
 """Concurrent workers on PostgreSQL: events for the same few organizations applied at once, from
 several connections, end in the same tables as applying them one by one in order.
 
-This is what ``models.database.lock_organization`` (a transaction-scoped advisory lock per
+This is what ``models.locks.lock_organization`` (a transaction-scoped advisory lock per
 organization) is for: without it, two transactions interleave the read-compare-write steps of the
 version, tombstone and supersession rules.
 """

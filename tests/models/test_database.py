@@ -20,7 +20,9 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
-from models.database import dump_json, end_stalled_lock_holders, lock_organization, make_engine
+from models.database import end_stalled_lock_holders, make_engine
+from models.locks import lock_organization
+from models.statements import dump_json
 from tests.conftest import wait_for
 
 APPLICATION = "clerk-sync-test-worker"

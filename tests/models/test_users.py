@@ -288,6 +288,7 @@ def test_upserts_report_whether_they_wrote(engine: Engine) -> None:
     dialects: created, then not for the same version, then again for a newer one."""
     from models.memberships import upsert_membership
     from models.organizations import upsert_organization
+    from models.unit_of_work import UnitOfWork
     from models.users import upsert_user
     from workers.handlers.memberships import membership_snapshot
     from workers.handlers.payloads import organization_snapshot
@@ -305,5 +306,5 @@ def test_upserts_report_whether_they_wrote(engine: Engine) -> None:
         written = []
         for version in (data, data, newer, data):
             with engine.begin() as connection:
-                written.append(upsert(connection, snapshot(version, WORKSPACE_KEY)))
+                written.append(upsert(UnitOfWork(connection), snapshot(version, WORKSPACE_KEY)))
         assert written == [True, False, True, False], upsert.__name__

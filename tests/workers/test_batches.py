@@ -28,7 +28,7 @@ from sqlalchemy import event as sqlalchemy_event
 from clerk_sync.broker.publisher import Publisher
 from clerk_sync.core.queue import LEDGER_DUE_KEY, QueuedEvent
 from clerk_sync.core.settings import Settings, SettingsError
-from models.database import lock_organization
+from models.locks import lock_organization
 from models.tables import (
     organization_memberships,
     organizations,

@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 from clerk_sync.cli import main
 from clerk_sync.cli.reconcile import ProgressBars
 from clerk_sync.core.settings import Settings, SettingsError
-from models.database import hold_session_lock
+from models.locks import hold_session_lock
 from models.tables import metadata
 from tests.clerk_api import DROP, SECRET_KEY, FakeClerk, Request
 from tests.conftest import empty_tables

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from models.database import lock_keys
+from models.locks import lock_keys
 from workers.handlers import memberships, organizations, users
 from workers.handlers.family import EventFamily, Handler
 

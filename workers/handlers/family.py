@@ -8,11 +8,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import Connection
-
+from models.unit_of_work import UnitOfWork
 from workers.handlers.payloads import Envelope
 
-Handler = Callable[[Connection, Envelope, str], None]
+Handler = Callable[[UnitOfWork, Envelope, str], None]
 
 
 class TargetSink(Protocol):

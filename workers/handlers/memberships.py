@@ -6,10 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection
-
 from models.memberships import MembershipSnapshot, delete_membership, upsert_membership
 from models.tombstones import ORGANIZATION, ORGANIZATION_MEMBERSHIP, USER
+from models.unit_of_work import UnitOfWork
 from workers.handlers.family import EventFamily, TargetSink
 from workers.handlers.payloads import (
     Envelope,
@@ -68,15 +67,15 @@ def membership_snapshot(data: Mapping[str, Any], workspace_key: str) -> Membersh
     )
 
 
-def on_membership_upserted(connection: Connection, envelope: Envelope, workspace_key: str) -> None:
-    upsert_membership(connection, membership_snapshot(envelope.data, workspace_key))
+def on_membership_upserted(work: UnitOfWork, envelope: Envelope, workspace_key: str) -> None:
+    upsert_membership(work, membership_snapshot(envelope.data, workspace_key))
 
 
-def on_membership_deleted(connection: Connection, envelope: Envelope, workspace_key: str) -> None:
+def on_membership_deleted(work: UnitOfWork, envelope: Envelope, workspace_key: str) -> None:
     """The deleted payload is the full membership, but its ``updated_at`` is its last change, not
     the deletion: the envelope time dates the deletion."""
     delete_membership(
-        connection, membership_snapshot(envelope.data, workspace_key), require_event_time(envelope)
+        work, membership_snapshot(envelope.data, workspace_key), require_event_time(envelope)
     )
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Connection
-
 from models.organizations import delete_organization, upsert_organization
 from models.tombstones import ORGANIZATION
+from models.unit_of_work import UnitOfWork
 from workers.handlers.family import EventFamily, TargetSink
 from workers.handlers.payloads import (
     Envelope,
@@ -19,18 +18,14 @@ from workers.handlers.payloads import (
 )
 
 
-def on_organization_upserted(
-    connection: Connection, envelope: Envelope, workspace_key: str
-) -> None:
+def on_organization_upserted(work: UnitOfWork, envelope: Envelope, workspace_key: str) -> None:
     """``organization.created`` and ``.updated`` are the same upsert: either may arrive first."""
-    upsert_organization(connection, organization_snapshot(envelope.data, workspace_key))
+    upsert_organization(work, organization_snapshot(envelope.data, workspace_key))
 
 
-def on_organization_deleted(
-    connection: Connection, envelope: Envelope, _workspace_key: str
-) -> None:
+def on_organization_deleted(work: UnitOfWork, envelope: Envelope, _workspace_key: str) -> None:
     delete_organization(
-        connection, require(envelope.data, "id", str, "data"), require_event_time(envelope)
+        work, require(envelope.data, "id", str, "data"), require_event_time(envelope)
     )
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Connection
-
 from models.tombstones import USER
+from models.unit_of_work import UnitOfWork
 from models.users import UserSnapshot, delete_user, upsert_user
 from workers.handlers.family import EventFamily, TargetSink
 from workers.handlers.payloads import (
@@ -51,15 +50,15 @@ def primary_email_address(data: Mapping[str, Any]) -> str | None:
     return None
 
 
-def on_user_upserted(connection: Connection, envelope: Envelope, _workspace_key: str) -> None:
+def on_user_upserted(work: UnitOfWork, envelope: Envelope, _workspace_key: str) -> None:
     """``user.created`` and ``.updated`` are the same upsert: either may arrive first."""
-    upsert_user(connection, user_snapshot(envelope.data))
+    upsert_user(work, user_snapshot(envelope.data))
 
 
-def on_user_deleted(connection: Connection, envelope: Envelope, _workspace_key: str) -> None:
+def on_user_deleted(work: UnitOfWork, envelope: Envelope, _workspace_key: str) -> None:
     """The payload is a DeletedObject (``{object, id, deleted}``, maybe ``external_id``) with no
     version: the envelope time dates the deletion."""
-    delete_user(connection, require(envelope.data, "id", str, "data"), require_event_time(envelope))
+    delete_user(work, require(envelope.data, "id", str, "data"), require_event_time(envelope))
 
 
 def add_targets(targets: TargetSink, _action: str, data: Mapping[str, Any]) -> None:

@@ -34,10 +34,11 @@ from typing import Any, Final
 
 from sqlalchemy import Connection, Engine, Table, select
 
-from models.database import LockBusyError, hold_session_lock
+from models.locks import LockBusyError, hold_session_lock
 from models.memberships import remove_membership, upsert_membership
 from models.organizations import delete_organization, upsert_organization
 from models.tables import organization_memberships, organizations, users
+from models.unit_of_work import UnitOfWork
 from models.users import delete_user, upsert_user
 from workers.handlers.memberships import membership_snapshot
 from workers.handlers.payloads import PoisonEventError, organization_snapshot
@@ -72,14 +73,12 @@ def _exists(connection: Connection, table: Table, entity_id: str) -> bool:
     return connection.execute(select(table.c.id).where(table.c.id == entity_id)).first() is not None
 
 
-def _upsert(
-    connection: Connection, phase: str, item: Mapping[str, Any], workspace_key: str
-) -> bool:
+def _upsert(work: UnitOfWork, phase: str, item: Mapping[str, Any], workspace_key: str) -> bool:
     if phase == ORGANIZATIONS:
-        return upsert_organization(connection, organization_snapshot(item, workspace_key))
+        return upsert_organization(work, organization_snapshot(item, workspace_key))
     if phase == MEMBERSHIPS:
-        return upsert_membership(connection, membership_snapshot(item, workspace_key))
-    return upsert_user(connection, user_snapshot(item))
+        return upsert_membership(work, membership_snapshot(item, workspace_key))
+    return upsert_user(work, user_snapshot(item))
 
 
 class Reconciler:
@@ -159,7 +158,7 @@ class Reconciler:
             with self._unit() as connection:
                 existed = _exists(connection, table, entity_id)
                 try:
-                    written = _upsert(connection, phase, item, self.workspace_key)
+                    written = _upsert(UnitOfWork(connection), phase, item, self.workspace_key)
                 except PoisonEventError as error:
                     # Its id counts as listed, so it is not deleted either.
                     log.warning("%s: left %s alone, it cannot be read: %s", phase, entity_id, error)
@@ -270,8 +269,8 @@ class Reconciler:
             found = self.api.memberships_of(row.organization_id, row.user_id) or []
             if not any(id_of(item) == entity_id for item in found):
                 self._delete(
-                    lambda connection: remove_membership(
-                        connection, row.organization_id, entity_id, row.created_at, _now_ms()
+                    lambda work: remove_membership(
+                        work, row.organization_id, entity_id, row.created_at, _now_ms()
                     )
                 )
                 counts.add("deleted")
@@ -284,17 +283,17 @@ class Reconciler:
             counts.add(self._apply(phase, current))
             return counts
         if phase == ORGANIZATIONS:
-            self._delete(lambda connection: delete_organization(connection, entity_id, _now_ms()))
+            self._delete(lambda work: delete_organization(work, entity_id, _now_ms()))
         else:
-            self._delete(lambda connection: delete_user(connection, entity_id, _now_ms()))
+            self._delete(lambda work: delete_user(work, entity_id, _now_ms()))
         counts.add("deleted")
         return counts
 
-    def _delete(self, mutation: Callable[[Connection], None]) -> None:
+    def _delete(self, mutation: Callable[[UnitOfWork], None]) -> None:
         @retry_transient
         def attempt() -> None:
             with self._unit() as connection:
-                mutation(connection)
+                mutation(UnitOfWork(connection))
 
         attempt()
 
