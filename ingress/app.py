@@ -12,10 +12,10 @@ from typing import Any
 
 import orjson
 from flask import Flask, Response, jsonify, request
-from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
 from clerk_sync.broker.publisher import Publisher
+from clerk_sync.core.durability import DurabilityMonitor
 from clerk_sync.core.queue import BrokerUnavailableError, QueuedEvent
 from clerk_sync.core.settings import Settings
 from ingress.metrics import IngressMetrics
@@ -67,10 +67,14 @@ def create_app(settings: Settings, publisher: Publisher | None = None) -> Flask:
     verifier = SignatureVerifier(settings.webhook_secrets)
     queue = publisher if publisher is not None else Publisher(settings)
     metrics = IngressMetrics()
+    durability = DurabilityMonitor(settings)
     body_wait = kernel_timeout(settings.body_timeout_seconds)
     connections_with_body_wait: weakref.WeakSet[socket.socket] = weakref.WeakSet()
 
     app = Flask("clerk_sync.ingress")
+    # The counts are served by the gunicorn master on a port of their own (``ingress.metrics``);
+    # kept here for whoever holds the app (tests, ``clerk-sync dev``).
+    app.extensions["clerk_sync.metrics"] = metrics
     # One byte over the limit, and the length checked below: for a body without Content-Length
     # (chunked, with ``wsgi.input_terminated`` as gunicorn sets it) werkzeug stops reading at
     # MAX_CONTENT_LENGTH and returns the truncated body without raising, so an oversized body
@@ -147,21 +151,17 @@ def create_app(settings: Settings, publisher: Publisher | None = None) -> Flask:
         # headers, and Svix needs only the status. The svix id is the request's own.
         return Response(status=202), "accepted"
 
-    @app.get("/metrics")
-    def prometheus_metrics() -> Response:
-        return Response(metrics.exposition(), mimetype=CONTENT_TYPE_LATEST)
-
     @app.get("/healthz")
     def healthz() -> Response:
         return jsonify(status="ok")
 
     @app.get("/readyz")
     def readyz() -> Response:
-        if queue.ping():
-            return jsonify(status="ready")
-        return error_response(
-            503, "broker_unavailable", "the broker does not answer", **{"Retry-After": "5"}
-        )
+        if not queue.ping():
+            return error_response(
+                503, "broker_unavailable", "the broker does not answer", **{"Retry-After": "5"}
+            )
+        return _readiness(durability, settings.require_durable_broker)
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_error: RequestEntityTooLarge) -> Response:
@@ -203,6 +203,23 @@ def _signing_header_reader(environ: dict[str, Any]) -> Callable[[str], str | Non
         return value
 
     return header
+
+
+def _readiness(durability: DurabilityMonitor, require_durable: bool) -> Response:
+    """``/readyz`` once the broker answers: whether it is durable (and why not), and ``503``
+    when durability is required and not known (``clerk_sync.core.durability``)."""
+    checked = durability.current()
+    body = {"durable": checked.durable, "durability": checked.as_dict()}
+    if require_durable and checked.durable is not True:
+        response = jsonify(
+            error="broker_not_durable",
+            detail="CLERK_SYNC_REQUIRE_DURABLE_BROKER is set and the broker is not known to be "
+            "durable",
+            **body,
+        )
+        response.status_code = 503
+        return response
+    return jsonify(status="ready", **body)
 
 
 def _too_large(settings: Settings) -> Response:

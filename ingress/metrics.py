@@ -1,14 +1,23 @@
-"""Prometheus metrics of the ingress, served at ``/metrics``.
+"""Prometheus metrics of the ingress, served on a port of their own
+(``CLERK_SYNC_INGRESS_METRICS_PORT``), never on the public webhook port.
 
-Under gunicorn with several worker processes, set ``PROMETHEUS_MULTIPROC_DIR`` (``clerk-sync
-ingress`` does) so that every process's counts are added up when any one of them is scraped.
+Under gunicorn, ``PROMETHEUS_MULTIPROC_DIR`` (``clerk-sync ingress`` sets it) lets every worker
+process write its counts to that folder; the gunicorn master serves their sum (``serve``), so a
+scrape sees the whole ingress whichever worker counted.
 """
 
 from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    start_http_server,
+)
 
 OUTCOMES = (
     "accepted",
@@ -53,3 +62,11 @@ class IngressMetrics:
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return bytes(generate_latest(registry))
         return bytes(generate_latest(self.registry))
+
+
+def serve(port: int) -> None:
+    """Serve the sum of every process's counts (``PROMETHEUS_MULTIPROC_DIR``) over HTTP from a
+    thread of this process: the gunicorn master, which forks the workers and outlives them."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    start_http_server(port, addr="0.0.0.0", registry=registry)  # noqa: S104 - scraped from outside

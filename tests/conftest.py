@@ -122,6 +122,7 @@ def settings(postgres_url: str, redis_client: redis.Redis[bytes]) -> Settings:
         broker_publish_timeout_seconds=1.0,
         db_lock_timeout_ms=500,
         worker_metrics_port=0,
+        ingress_metrics_port=0,
     )
 
 
@@ -150,6 +151,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "CLERK_SYNC_WORKSPACE_METADATA_KEY": settings.workspace_metadata_key,
             "CLERK_SYNC_LOG_FORMAT": settings.log_format,
             "CLERK_SYNC_WORKER_METRICS_PORT": str(settings.worker_metrics_port),
+            "CLERK_SYNC_INGRESS_METRICS_PORT": str(settings.ingress_metrics_port),
+            "CLERK_SYNC_REQUIRE_DURABLE_BROKER": "1" if settings.require_durable_broker else "0",
             "CLERK_SYNC_MAX_BODY_BYTES": str(settings.max_body_bytes),
             "CLERK_SYNC_BODY_TIMEOUT_SECONDS": str(settings.body_timeout_seconds),
             "CLERK_SYNC_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS": str(

@@ -7,6 +7,7 @@ process-wide set-up (``clerk_sync.cli.process``) that must come first.
 
 from __future__ import annotations
 
+import logging
 import socket
 import sys
 from typing import Any
@@ -16,7 +17,9 @@ import click
 from clerk_sync.cli.common import load_settings, require_tested_versions
 from clerk_sync.cli.process import use_multiprocess_metrics
 from clerk_sync.core.logs import configure_logging
-from clerk_sync.core.settings import SettingsError
+from clerk_sync.core.settings import Settings, SettingsError
+
+log = logging.getLogger("clerk_sync.ingress")
 
 
 @click.command()
@@ -33,6 +36,7 @@ def ingress(bind: str, worker_count: int, threads: int) -> None:
     require_tested_versions(settings)
     reuse_port = _each_worker_can_listen(bind)
     configure_logging(settings.log_format, settings.log_level)
+    require_durable_broker(settings)
     use_multiprocess_metrics()
 
     from gunicorn.app.base import BaseApplication
@@ -46,8 +50,7 @@ def ingress(bind: str, worker_count: int, threads: int) -> None:
             self.cfg.set("threads", threads)
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("reuse_port", reuse_port)
-            if reuse_port:
-                self.cfg.set("when_ready", _say_each_worker_listens(bind))
+            self.cfg.set("when_ready", _when_ready(bind, reuse_port, settings.ingress_metrics_port))
             self.cfg.set("timeout", 30)
             self.cfg.set("graceful_timeout", 20)
 
@@ -89,14 +92,61 @@ def _each_worker_can_listen(bind: str) -> bool:
     return True
 
 
-def _say_each_worker_listens(bind: str) -> Any:
-    """gunicorn's ``when_ready`` hook: with a socket per worker its own "Listening at" line is
-    empty, so say where and how the workers listen."""
+def _when_ready(bind: str, reuse_port: bool, metrics_port: int) -> Any:
+    """gunicorn's ``when_ready`` hook, run in the master before it forks the workers.
+
+    It serves the Prometheus metrics on ``metrics_port`` from the master (the workers write
+    their counts to ``PROMETHEUS_MULTIPROC_DIR``; a listener of its own keeps them off the
+    public webhook port). A taken port is logged and the ingress serves webhooks without
+    metrics, as a worker does. With a socket per worker gunicorn's own "Listening at" line is
+    empty, so it also says where and how the workers listen."""
 
     def when_ready(arbiter: Any) -> None:
-        arbiter.log.info("Workers listen at: http://%s, each on a socket of its own", bind)
+        if reuse_port:
+            arbiter.log.info("Workers listen at: http://%s, each on a socket of its own", bind)
+        if metrics_port:
+            from ingress.metrics import serve
+
+            try:
+                serve(metrics_port)
+            except OSError as error:
+                log.warning(
+                    "metrics server not started", extra={"port": metrics_port, "error": str(error)}
+                )
+            else:
+                log.info("metrics served", extra={"port": metrics_port})
 
     return when_ready
+
+
+def require_durable_broker(settings: Settings) -> None:
+    """Check the broker's durability before serving: a broker that is not durable (or whose
+    durability is unknown) is one CRITICAL line, and with ``CLERK_SYNC_REQUIRE_DURABLE_BROKER``
+    the ingress does not start (a ``202`` would promise what Redis may not keep)."""
+    from clerk_sync.core.durability import Verdict, check_broker
+
+    durability = check_broker(settings)
+    details = {"durability": str(durability.verdict), "reasons": list(durability.reasons)}
+    if durability.verdict is Verdict.DURABLE:
+        log.info("broker is durable", extra=details)
+        return
+    if durability.verdict is Verdict.NOT_CHECKED:
+        log.info("broker durability not checked", extra=details)
+    elif durability.verdict is Verdict.NOT_DURABLE:
+        log.critical(
+            "broker is not durable: an accepted event can be lost before it is applied",
+            extra=details,
+        )
+    else:
+        log.critical(
+            "broker durability is unknown: an accepted event may be lost before it is applied",
+            extra=details,
+        )
+    if settings.require_durable_broker:
+        raise click.ClickException(
+            "CLERK_SYNC_REQUIRE_DURABLE_BROKER is set and the broker is not known to be durable "
+            f"({durability.verdict}): " + "; ".join(durability.reasons)
+        )
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

@@ -1,8 +1,9 @@
-"""``clerk-sync status``: one glance at the queue, the ledger and the inbox.
+"""``clerk-sync status``: one glance at the queue, the ledger, the inbox and whether the broker
+keeps what the ingress accepts.
 
-The numbers come from ``models.inbox.summarise`` (the database) and
-``clerk_sync.core.queue.queue_status`` (the broker's Redis); this module puts them in one
-report, as JSON or as lines.
+The numbers come from ``models.inbox.summarise`` (the database),
+``clerk_sync.core.queue.queue_status`` and ``clerk_sync.core.durability`` (the broker's Redis);
+this module puts them in one report, as JSON or as lines.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from models.inbox import summarise
 @click.command("status")
 @click.option("--json", "as_json", is_flag=True, help="JSON, for scripts and monitoring.")
 def status_command(as_json: bool) -> None:
-    """One glance: queue depth, ledger, dead letters, oldest unfinished event, last applied.
+    """One glance: queue depth, ledger, dead letters, oldest unfinished event, last applied,
+    and whether the broker is durable.
 
     Exits with status 1 if the broker cannot be reached (the database part is still shown).
     """
@@ -41,6 +43,7 @@ def status_command(as_json: bool) -> None:
 def gather_status(settings: Settings) -> dict[str, Any]:
     """The report ``status --json`` prints: the broker part is None for a broker other than
     Redis, and ``broker_error`` says why when Redis could not be read."""
+    from clerk_sync.core.durability import check_broker
     from clerk_sync.core.queue import QueueStatus, queue_status
 
     now = datetime.now(UTC)
@@ -53,6 +56,7 @@ def gather_status(settings: Settings) -> dict[str, Any]:
             queue = queue_status(settings)
         except Exception as error:  # noqa: BLE001 - any broker failure is reported, not raised
             broker_error = f"{type(error).__name__}: {error}"
+    durability = check_broker(settings)
 
     def moment(svix_id: str, at: datetime) -> dict[str, Any]:
         return {
@@ -97,6 +101,8 @@ def gather_status(settings: Settings) -> dict[str, Any]:
             "event_time": iso(event_time(last)),
         },
         "broker_error": broker_error,
+        "durable": durability.durable,
+        "durability": durability.as_dict(),
     }
 
 
@@ -138,7 +144,14 @@ def format_status(report: dict[str, Any]) -> str:
         else f"{last['processed_at']} ({ago(last['age_seconds'])}): {last['event_type']} "
         f"{last['svix_id']}, event time {last['event_time'] or '-'}"
     )
+    durability = report["durability"]
+    durable_line = {True: "yes", False: "NO", None: durability["verdict"].replace("_", " ")}[
+        report["durable"]
+    ]
+    if durability["reasons"]:
+        durable_line += ": " + "; ".join(durability["reasons"])
     lines = [
+        ("durable", durable_line),
         ("queue", queue_line),
         ("ledger", ledger_line),
         ("dead letters", dead_line),

@@ -223,6 +223,23 @@ class Settings:
             "port of each worker's Prometheus endpoint; `0` turns it off",
         ),
     )
+    ingress_metrics_port: int = field(
+        default=9807,
+        metadata=documented(
+            "CLERK_SYNC_INGRESS_METRICS_PORT",
+            "port of the ingress's Prometheus endpoint, a listener of its own beside the webhook "
+            "port (keep it off the public network); `0` turns it off",
+        ),
+    )
+    require_durable_broker: bool = field(
+        default=False,
+        metadata=documented(
+            "CLERK_SYNC_REQUIRE_DURABLE_BROKER",
+            "`1`: the ingress refuses to start, and `/readyz` answers `503`, unless the broker's "
+            "Redis is known to be durable (`appendonly yes`, `maxmemory-policy noeviction`); "
+            "unknown counts as not durable (see [Durable broker](operations.md#durable-broker))",
+        ),
+    )
     allow_untested_versions: bool = field(
         default=False,
         metadata=documented(
@@ -331,6 +348,10 @@ class Settings:
             batch_flush_interval_ms=whole_number(
                 env, "CLERK_SYNC_BATCH_FLUSH_INTERVAL_MS", defaults.batch_flush_interval_ms, 1
             ),
+            ingress_metrics_port=whole_number(
+                env, "CLERK_SYNC_INGRESS_METRICS_PORT", defaults.ingress_metrics_port
+            ),
+            require_durable_broker=flag(env, "CLERK_SYNC_REQUIRE_DURABLE_BROKER"),
             allow_untested_versions=flag(env, "CLERK_SYNC_ALLOW_UNTESTED_VERSIONS"),
         )
         settings.check_retry_window()

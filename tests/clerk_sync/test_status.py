@@ -20,9 +20,17 @@ from clerk_sync.core.settings import Settings
 from tests.conftest import queue_length, settings_env
 from tests.factories import body_of, event, membership_data, new_svix_id, organization_data
 from tests.models.support import deliver
+from tests.throwaway_redis import (
+    DURABLE,
+    NO_CONFIG_NOR_INFO,
+    NOT_DURABLE,
+    StartRedis,
+    start_redis,
+)
 from workers.processing import describe_event, record_retry
 
 MINUTE_MS = 60_000
+__all__ = ["start_redis"]
 
 
 def status(settings: Settings, *args: str) -> Result:
@@ -41,7 +49,12 @@ def lines(output: str) -> dict[str, str]:
 
 
 def test_status_of_an_idle_system(settings: Settings, pg_engine: Engine) -> None:
-    assert status_json(settings) == {
+    report = status_json(settings)
+    # The machine's Redis may or may not be durable: test_status_says_whether_the_broker_is_durable
+    # covers both on Redis servers of its own.
+    assert report.pop("durable") in (True, False, None)
+    assert report.pop("durability")["verdict"] in ("durable", "not_durable", "unknown")
+    assert report == {
         "queue": {"name": settings.queue_name, "depth": 0},
         "ledger": {"size": 0, "next_due": None},
         "dead_letters": 0,
@@ -51,7 +64,9 @@ def test_status_of_an_idle_system(settings: Settings, pg_engine: Engine) -> None
     }
     result = status(settings)
     assert result.exit_code == 0, result.output
-    assert lines(result.output) == {
+    shown = lines(result.output)
+    assert shown.pop("durable")
+    assert shown == {
         "queue": f"0 message(s) waiting in {settings.queue_name!r}",
         "ledger": "0 accepted, not yet finished",
         "dead letters": "0",
@@ -142,4 +157,32 @@ def test_status_with_a_filesystem_broker(settings: Settings, pg_engine: Engine) 
     result = status(dev)
     assert result.exit_code == 0, result.output
     assert lines(result.output)["queue"] == "n/a (the broker is not Redis)"
-    assert json.loads(status(dev, "--json").output)["queue"]["depth"] is None
+    assert lines(result.output)["durable"].startswith("not checked: the broker is not Redis")
+    report = json.loads(status(dev, "--json").output)
+    assert report["queue"]["depth"] is None
+    assert report["durable"] is None
+    assert report["durability"]["verdict"] == "not_checked"
+
+
+def test_status_says_whether_the_broker_is_durable(
+    settings: Settings, pg_engine: Engine, start_redis: StartRedis
+) -> None:
+    durable = replace(settings, broker_url=start_redis(*DURABLE))
+    assert lines(status(durable).output)["durable"] == "yes"
+    assert status_json(durable)["durable"] is True
+
+    not_durable = replace(settings, broker_url=start_redis(*NOT_DURABLE))
+    result = status(not_durable)
+    assert result.exit_code == 0, result.output
+    assert lines(result.output)["durable"].startswith("NO: appendonly is off")
+    report = status_json(not_durable)
+    assert report["durable"] is False
+    assert report["durability"]["maxmemory_policy"] == "allkeys-lru"
+    assert len(report["durability"]["reasons"]) == 2
+
+    unknown = replace(settings, broker_url=start_redis(*DURABLE, *NO_CONFIG_NOR_INFO))
+    assert lines(status(unknown).output)["durable"].startswith("unknown: appendonly could be")
+    report = status_json(unknown)
+    assert report["durable"] is None
+    assert report["durability"]["verdict"] == "unknown"
+    assert report["queue"]["depth"] == 0

@@ -1,4 +1,5 @@
-"""``/metrics``: requests by outcome, accepted events by type, and request latency."""
+"""The ingress's metrics: requests by outcome, accepted events by type, and request latency
+(read from the app's own registry; ``test_metrics_port.py`` scrapes them over HTTP)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from flask.testing import FlaskClient
 
 from clerk_sync.core.settings import Settings
 from ingress import create_app
+from ingress.metrics import IngressMetrics
 from tests.conftest import SECOND_WEBHOOK_SECRET
 from tests.factories import signed_headers
 from tests.ingress.conftest import CLOSED_BROKER_URL, Post, org_body
@@ -13,10 +15,9 @@ from tests.servers import Samples, metric_samples
 
 
 def samples(client: FlaskClient) -> Samples:
-    response = client.get("/metrics")
-    assert response.status_code == 200
-    assert response.mimetype == "text/plain"
-    return metric_samples(response.get_data(as_text=True))
+    metrics = client.application.extensions["clerk_sync.metrics"]
+    assert isinstance(metrics, IngressMetrics)
+    return metric_samples(metrics.exposition().decode())
 
 
 def requests_total(outcome: str) -> tuple[str, frozenset[tuple[str, str]]]:
