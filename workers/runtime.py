@@ -41,7 +41,7 @@ class WorkerRuntime:
 
     @cached_property
     def metrics(self) -> WorkerMetrics:
-        return WorkerMetrics()
+        return WorkerMetrics(self.settings)
 
     @cached_property
     def publisher(self) -> Publisher:
