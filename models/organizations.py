@@ -19,7 +19,8 @@ from models.versioned import MEMBERSHIPS, ORGANIZATIONS
 
 @dataclass(frozen=True)
 class OrganizationSnapshot:
-    """An organization as Clerk described it at ``updated_at`` (ms)."""
+    """An organization as Clerk described it at ``updated_at`` (ms); its fields are the
+    columns of ``organizations``."""
 
     id: str
     name: str
@@ -45,22 +46,7 @@ def upsert_organization(work: UnitOfWork, snapshot: OrganizationSnapshot) -> boo
 def write_organization(work: UnitOfWork, snapshot: OrganizationSnapshot) -> bool:
     """The write of ``upsert_organization`` alone, for a caller that holds the organization's
     lock and found no tombstone for it (a membership rule)."""
-    return work.upsert(
-        ORGANIZATIONS,
-        {
-            "id": snapshot.id,
-            "name": snapshot.name,
-            "slug": snapshot.slug,
-            "image_url": snapshot.image_url,
-            "workspace_id": snapshot.workspace_id,
-            "public_metadata": snapshot.public_metadata,
-            "created_by": snapshot.created_by,
-            "max_allowed_memberships": snapshot.max_allowed_memberships,
-            "created_at": snapshot.created_at,
-            "updated_at": snapshot.updated_at,
-            "synced_at": datetime.now(UTC),
-        },
-    )
+    return work.upsert(ORGANIZATIONS, {**vars(snapshot), "synced_at": datetime.now(UTC)})
 
 
 def delete_organization(work: UnitOfWork, organization_id: str, deleted_at: int) -> None:

@@ -20,7 +20,8 @@ from models.versioned import MEMBERSHIPS, USERS
 
 @dataclass(frozen=True)
 class UserSnapshot:
-    """A user as Clerk described it at ``updated_at`` (ms)."""
+    """A user as Clerk described it at ``updated_at`` (ms); its fields are the columns of
+    ``users``."""
 
     id: str
     primary_email_address: str | None
@@ -40,22 +41,7 @@ def upsert_user(work: UnitOfWork, snapshot: UserSnapshot) -> bool:
     work.lock_user(snapshot.id)
     if work.tombstone(USER, snapshot.id) is not None:
         return False
-    return work.upsert(
-        USERS,
-        {
-            "id": snapshot.id,
-            "primary_email_address": snapshot.primary_email_address,
-            "username": snapshot.username,
-            "first_name": snapshot.first_name,
-            "last_name": snapshot.last_name,
-            "image_url": snapshot.image_url,
-            "external_id": snapshot.external_id,
-            "public_metadata": snapshot.public_metadata,
-            "created_at": snapshot.created_at,
-            "updated_at": snapshot.updated_at,
-            "synced_at": datetime.now(UTC),
-        },
-    )
+    return work.upsert(USERS, {**vars(snapshot), "synced_at": datetime.now(UTC)})
 
 
 def delete_user(work: UnitOfWork, user_id: str, deleted_at: int) -> None:

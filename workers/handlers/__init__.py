@@ -50,8 +50,8 @@ def organization_id_of(event_type: str, data: Mapping[str, Any]) -> str | None:
 class Targets:
     """What applying some payloads touches, as far as the payloads name it: the organizations
     and users whose locks the handlers take (a batch takes them all up front, in order:
-    ``models.database.holding_locks``), and the tombstones and (organization, user) membership
-    holders they look up (read up front too: ``models.known``). Whatever is missing or malformed
+    ``UnitOfWork.take_locks``), and the tombstones and (organization, user) membership holders
+    they look up (read up front too: ``UnitOfWork.read_ahead``). Whatever is missing or malformed
     here makes the handler dead-letter the event anyway."""
 
     organizations: set[str] = field(default_factory=set)
