@@ -1,5 +1,8 @@
 """docker-compose.yml validates, wires the services as intended, and refuses to render without
-its required secrets; the Dockerfile copies every package the project installs.
+its required secrets; it publishes only the webhook port, Redis has a password, a memory cap
+without eviction and persistence, the application connects to PostgreSQL as a role of its own,
+and the ingress requires a durable broker; the ``monitoring`` profile adds Prometheus and
+Grafana on loopback; the Dockerfile copies every package the project installs.
 
 Runs ``docker-compose config`` (Compose v1, Debian's ``docker-compose`` package), which needs no
 Docker engine. The binary is a hard requirement: CI installs it with apt, so its absence is a
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tomllib
@@ -17,17 +21,29 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import yaml
+
+from clerk_sync.core.durability import Verdict, check_broker
+from clerk_sync.core.settings import Settings
+from tests.conftest import wait_for
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = "docker-compose.yml"
 REQUIRED = {
     "CLERK_WEBHOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
     "POSTGRES_PASSWORD": "compose-test-password",
+    "APP_DB_PASSWORD": "compose-test-app-password",
+    "REDIS_PASSWORD": "compose-test-redis-password",
     "FLOWER_BASIC_AUTH": "admin:compose-test",
 }
-SERVICES = {"redis", "postgres", "migrate", "ingress", "worker", "beat", "flower"}
+CORE_SERVICES = {"redis", "postgres", "migrate", "ingress", "worker", "beat", "flower"}
+MONITORING = {"prometheus", "grafana"}
+SERVICES = CORE_SERVICES | MONITORING
 APP_SERVICES = {"migrate", "ingress", "worker", "beat", "flower"}
+WEBHOOK_PORT = 8000
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - what a port published without an address listens on
 
 
 def compose_binary() -> str:
@@ -81,17 +97,181 @@ def test_config_lists_the_expected_services(tmp_path: Path, services: dict[str, 
     assert set(listed.stdout.split()) == SERVICES
 
 
+def as_run(text: str) -> str:
+    """What the container gets: ``config`` output keeps ``$$`` (a literal ``$``) escaped."""
+    return text.replace("$$", "$")
+
+
+def redis_server_options(services: dict[str, Any]) -> dict[str, str]:
+    """The ``--name value`` options the redis service's shell passes to ``redis-server``."""
+    command = services["redis"]["command"]
+    assert command[:2] == ["sh", "-c"]
+    words = shlex.split(as_run(command[2]))
+    assert words[:2] == ["exec", "redis-server"]
+    options = words[2:]
+    assert len(options) % 2 == 0, options
+    return {
+        name.removeprefix("--"): value
+        for name, value in zip(options[::2], options[1::2], strict=True)
+    }
+
+
 def test_redis_persists_with_append_only_file(
     rendered: dict[str, Any], services: dict[str, Any]
 ) -> None:
     redis = services["redis"]
-    command = redis["command"]
-    assert command[0] == "redis-server"
-    assert command[command.index("--appendonly") + 1] == "yes"
-    assert command[command.index("--appendfsync") + 1] == "everysec"
+    options = redis_server_options(services)
+    assert options["appendonly"] == "yes"
+    assert options["appendfsync"] == "everysec"
     assert any(volume.endswith(":/data") or ":/data:" in volume for volume in redis["volumes"])
     assert {"redis-data", "postgres-data"} <= set(rendered["volumes"])
-    assert redis["healthcheck"]["test"][-2:] == ["redis-cli", "ping"]
+
+
+def test_redis_has_a_password_a_memory_cap_and_never_evicts(services: dict[str, Any]) -> None:
+    redis = services["redis"]
+    options = redis_server_options(services)
+    assert options["maxmemory-policy"] == "noeviction"
+    # The shell expands these from the container's environment (``$$`` in the file), so the
+    # password is not in the command, and comes from the operator's variable.
+    assert options["requirepass"] == "$REDIS_PASSWORD"
+    assert redis["environment"]["REDIS_PASSWORD"] == REQUIRED["REDIS_PASSWORD"]
+    assert options["maxmemory"] == "$REDIS_MAXMEMORY"
+    assert re.fullmatch(r"[1-9][0-9]*(mb|gb)", redis["environment"]["REDIS_MAXMEMORY"])
+    healthcheck = " ".join(redis["healthcheck"]["test"])
+    assert "REDISCLI_AUTH=" in healthcheck
+    assert "redis-cli ping" in healthcheck
+    for name in APP_SERVICES:
+        broker = services[name]["environment"]["CELERY_BROKER_URL"]
+        assert broker == f"redis://:{REQUIRED['REDIS_PASSWORD']}@redis:6379/0", name
+
+
+def test_the_redis_command_runs_a_durable_redis_that_wants_the_password(
+    services: dict[str, Any], tmp_path: Path
+) -> None:
+    """The service's own command line, run by a shell as the container would (on a free
+    loopback port): clerk-sync judges it durable, and it refuses clients without the password."""
+    redis_service = services["redis"]
+    port = free_port()
+    command = (
+        as_run(redis_service["command"][2]) + f" --port {port} --bind 127.0.0.1 --dir {tmp_path}"
+    )
+    server = subprocess.Popen(
+        ["sh", "-c", command],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **redis_service["environment"]},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://:{REQUIRED['REDIS_PASSWORD']}@127.0.0.1:{port}/0"
+    try:
+        client: redis.Redis[bytes] = redis.Redis.from_url(url)
+        wait_for(lambda: _pings(client), 10)
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port).ping()
+        assert client.config_get("maxmemory")["maxmemory"] == str(512 * 1024 * 1024)
+        client.close()
+        durability = check_broker(Settings(broker_url=url))
+        assert durability.verdict is Verdict.DURABLE, durability.reasons
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+
+
+def _pings(client: redis.Redis[bytes]) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def published_ports(service: dict[str, Any]) -> list[tuple[str, int]]:
+    """(host address, published port) of each port a service publishes: Compose v1 renders a
+    bare ``"8000:8000"`` in the long syntax and an address-bound one as a string."""
+    published = []
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            published.append((port.get("host_ip", ALL_INTERFACES), int(port["published"])))
+        else:
+            parts = str(port).split("/")[0].split(":")
+            host = parts[0] if len(parts) == 3 else ALL_INTERFACES
+            published.append((host, int(parts[-2])))
+    return published
+
+
+def test_only_the_webhook_port_is_published_to_the_network(services: dict[str, Any]) -> None:
+    public = {
+        (name, port)
+        for name, service in services.items()
+        for host, port in published_ports(service)
+        if host != "127.0.0.1"
+    }
+    assert public == {("ingress", WEBHOOK_PORT)}
+    assert published_ports(services["flower"]) == [("127.0.0.1", 5555)]
+    for name in ("redis", "postgres", "worker", "beat", "migrate"):
+        assert published_ports(services[name]) == [], name
+    for name in MONITORING:
+        assert all(host == "127.0.0.1" for host, _ in published_ports(services[name])), name
+
+
+def test_metrics_ports_are_on_the_compose_network_only(services: dict[str, Any]) -> None:
+    ingress, worker = services["ingress"], services["worker"]
+    assert ingress["environment"]["CLERK_SYNC_INGRESS_METRICS_PORT"] == "9807"
+    assert worker["environment"]["CLERK_SYNC_WORKER_METRICS_PORT"] == "9808"
+    assert ingress["expose"] == ["9807"]
+    assert worker["expose"] == ["9808"]
+    assert [port for _, port in published_ports(ingress)] == [WEBHOOK_PORT]
+
+
+def test_the_ingress_requires_a_durable_broker(services: dict[str, Any]) -> None:
+    for name in APP_SERVICES:
+        assert services[name]["environment"]["CLERK_SYNC_REQUIRE_DURABLE_BROKER"] == "1", name
+
+
+def test_the_application_connects_as_a_role_of_its_own(services: dict[str, Any]) -> None:
+    postgres = services["postgres"]
+    environment = postgres["environment"]
+    assert environment["POSTGRES_USER"] == "postgres"
+    assert environment["APP_DB_USER"] == "clerk_sync"
+    assert environment["APP_DB_USER"] != environment["POSTGRES_USER"]
+    assert environment["APP_DB_PASSWORD"] == REQUIRED["APP_DB_PASSWORD"]
+    assert environment["APP_DB_PASSWORD"] != environment["POSTGRES_PASSWORD"]
+    init = [volume for volume in postgres["volumes"] if "/docker-entrypoint-initdb.d" in volume]
+    assert len(init) == 1
+    source = Path(init[0].split(":")[0])
+    assert source == ROOT / "deploy" / "postgres" / "init"
+    scripts = sorted(source.glob("*.sh"))
+    assert scripts, "no init script creates the application's role"
+    assert all(os.access(script, os.X_OK) for script in scripts)
+    for name in APP_SERVICES:
+        url = services[name]["environment"]["DATABASE_URL"]
+        assert url.startswith(
+            f"postgresql+psycopg://clerk_sync:{REQUIRED['APP_DB_PASSWORD']}@postgres:5432/"
+        ), name
+        assert REQUIRED["POSTGRES_PASSWORD"] not in url
+
+
+def test_monitoring_is_an_optional_profile_provisioned_from_the_repository(
+    services: dict[str, Any],
+) -> None:
+    for name in MONITORING:
+        assert services[name]["profiles"] == ["monitoring"], name
+    for name in CORE_SERVICES:
+        assert "profiles" not in services[name], name
+    mounts = {
+        volume.split(":")[1]: Path(volume.split(":")[0])
+        for name in MONITORING
+        for volume in services[name]["volumes"]
+        if volume.startswith("/")
+    }
+    assert mounts["/etc/prometheus"] == ROOT / "deploy" / "monitoring" / "prometheus"
+    assert (mounts["/etc/prometheus"] / "prometheus.yml").is_file()
+    provisioning = mounts["/etc/grafana/provisioning"]
+    assert (provisioning / "datasources").is_dir()
+    assert (provisioning / "dashboards").is_dir()
+    assert list(mounts["/var/lib/grafana/dashboards"].glob("*.json"))
+    grafana = services["grafana"]["environment"]
+    assert grafana["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    assert grafana["GF_AUTH_DISABLE_LOGIN_FORM"] == "true"
+    assert grafana["GF_AUTH_BASIC_ENABLED"] == "false"
 
 
 def test_postgres_takes_its_password_from_the_environment(services: dict[str, Any]) -> None:
@@ -123,10 +303,10 @@ def test_app_services_share_one_image_and_environment(services: dict[str, Any]) 
     assert len(images) == 1
     for name in APP_SERVICES:
         environment = services[name]["environment"]
-        assert environment["CELERY_BROKER_URL"] == "redis://redis:6379/0"
         assert environment["CLERK_WEBHOOK_SECRET"] == REQUIRED["CLERK_WEBHOOK_SECRET"]
         assert environment["DATABASE_URL"] == (
-            f"postgresql+psycopg://clerk:{REQUIRED['POSTGRES_PASSWORD']}@postgres:5432/clerk_sync"
+            f"postgresql+psycopg://clerk_sync:{REQUIRED['APP_DB_PASSWORD']}"
+            "@postgres:5432/clerk_sync"
         )
         assert environment["CLERK_SYNC_WORKSPACE_METADATA_KEY"] == "convexWorkspaceId"
 
