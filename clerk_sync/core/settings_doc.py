@@ -54,9 +54,11 @@ in the data directory, where `clerk-sync send-example` finds it).
 - `PROMETHEUS_MULTIPROC_DIR`: where the pre-forked processes of the ingress and of a worker add
   up their metrics; `clerk-sync ingress` and `clerk-sync worker` set it to a fresh temporary
   folder unless it is set.
-- `docker-compose.yml` reads `POSTGRES_PASSWORD` (required), `POSTGRES_USER`, `POSTGRES_DB`,
+- `docker-compose.yml` reads `POSTGRES_PASSWORD`, `APP_DB_PASSWORD`, `REDIS_PASSWORD` (all
+  required), `POSTGRES_USER`, `POSTGRES_DB`, `APP_DB_USER`, `APP_DB_NAME`, `REDIS_MAXMEMORY`,
   `INGRESS_WORKERS`, `WORKER_CONCURRENCY` and `CLERK_SYNC_IMAGE` to build the services'
-  commands and `DATABASE_URL`.
+  commands, `DATABASE_URL` (the application's own role) and `CELERY_BROKER_URL`, and sets
+  `CLERK_SYNC_REQUIRE_DURABLE_BROKER=1` ([operations.md](operations.md#running-in-production)).
 - The tests read `TEST_POSTGRES_URL` and `TEST_REDIS_URL` ([development.md](development.md)).
 """
 
