@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clerk_sync.core.json_reading import read_payload
+from clerk_sync.core.json_reading import MAX_DEPTH, PayloadTooDeepError, read_payload
 
 BIG = 2**64
 
@@ -63,3 +63,45 @@ def test_any_text_reads_or_fails_as_json_does(text: str) -> None:
 )
 def test_texts_orjson_reads_differently(text: str) -> None:
     same_reading(text)
+
+
+# --- the depth limit: the same in every process, whatever its stack ---------------------------
+
+
+def nested_text(depth: int, leaf: str) -> str:
+    return "[" * depth + leaf + "]" * depth
+
+
+def at_stack_depth(frames: int, text: str) -> Any:
+    """``read_payload(text)`` called ``frames`` Python frames deep (a Celery pool process reads
+    payloads far deeper in its stack than a test does)."""
+    if frames:
+        return at_stack_depth(frames - 1, text)
+    return read_payload(text)
+
+
+@pytest.mark.parametrize("leaf", ["1.5", "1", "NaN", '"\\ud800"', "123456789012345678901234567890"])
+@pytest.mark.parametrize("frames", [0, 300, 700])
+def test_nested_at_the_limit_reads_as_json_does_at_any_stack_depth(leaf: str, frames: int) -> None:
+    text = nested_text(MAX_DEPTH, leaf)
+    assert repr(at_stack_depth(frames, text)) == repr(json.loads(text))
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 990, 1000, 1030, 100_000])
+@pytest.mark.parametrize("leaf", ["1.5", "1", "NaN"])
+@pytest.mark.parametrize("frames", [0, 300, 700])
+def test_nested_deeper_is_refused_alike_never_a_recursion_error(
+    depth: int, leaf: str, frames: int
+) -> None:
+    """Refused with a ``ValueError`` (what every caller handles), whichever parser read it:
+    orjson (up to 1024 levels), or ``json`` (a float, or NaN, which orjson refuses)."""
+    with pytest.raises(PayloadTooDeepError):
+        at_stack_depth(frames, nested_text(depth, leaf))
+    assert issubclass(PayloadTooDeepError, ValueError)
+
+
+def test_depth_counts_objects_and_arrays_alike() -> None:
+    objects = '{"a": ' * MAX_DEPTH + "1.5" + "}" * MAX_DEPTH
+    assert read_payload(objects) == json.loads(objects)
+    with pytest.raises(PayloadTooDeepError):
+        read_payload('{"a": [' + objects + "]}")

@@ -156,7 +156,8 @@ def test_header_with_old_and_new_signatures_is_accepted(
     ):
         response = post(body, {**old, "svix-signature": signature})
         assert response.status_code == 202, response.get_json()
-    assert queue_length(redis_client, settings.queue_name) == 2
+    # The second request is a copy of the first (same svix id and body): queued once.
+    assert queue_length(redis_client, settings.queue_name) == 1
     assert ledger_ids(redis_client) == {svix_id}
 
 
@@ -400,9 +401,7 @@ def test_svix_id_at_the_inbox_limit_is_accepted(
         # because ASCII in UTF-16-LE is ASCII plus NULs, and json.loads(bytes) sniffs UTF-16).
         '\ufeff{"type": "organization.created"}',
         '{"type": "organization.created"}'.encode("utf-16-le").decode("utf-8"),
-        # Nested deeper than the JSON parser's recursion limit.
-        "[" * 100_000 + "]" * 100_000,
-        '{"type": "x", "data": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        # (Nested too deep: tests/ingress/test_deep_bodies.py.)
     ],
     ids=lambda body: repr(body[:30]),
 )
