@@ -6,16 +6,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import cached_property
 from typing import Any, Final
 
 from sqlalchemy import Connection, bindparam, select, update
 
+from models.conflicts import CONFLICT_STATUS, record_conflict
+from models.payload_hash import payload_hash
 from models.statements import cached_statement, insert_for
 from models.tables import webhook_events
 
 
 class EventStatus(StrEnum):
-    """What became of a queued event. The first four are the inbox's statuses
+    """What became of a queued event. The first five are the inbox's statuses
     (``webhook_events.status``); the others are what the worker did with a message whose event
     did not end there (never stored)."""
 
@@ -26,6 +29,10 @@ class EventStatus(StrEnum):
     """Of a type clerk-sync does not handle, or older than what the tables hold."""
     DEAD = "dead"
     """Dead-lettered: it cannot be applied, or its retries are exhausted."""
+    CONFLICT = CONFLICT_STATUS
+    """A body sent under the svix id of an earlier, different one: never applied. Its row is
+    its own (``models.conflicts``: ``conflict_of`` names the first event's svix id),
+    and a message carrying it is acknowledged and ignored, as a duplicate is."""
     DEFERRED = "deferred"
     """A batch left it as it was (another batch held a lock it needs): back to the buffer."""
     RETRY = "retry"
@@ -44,11 +51,17 @@ APPLIED: Final = EventStatus.APPLIED
 SKIPPED: Final = EventStatus.SKIPPED
 DEAD: Final = EventStatus.DEAD
 
-FINAL_OUTCOMES: Final = frozenset({EventStatus.APPLIED, EventStatus.SKIPPED, EventStatus.DEAD})
-"""Outcomes committed for good: the event's ledger entry can go."""
+FINAL_OUTCOMES: Final = frozenset(
+    {EventStatus.APPLIED, EventStatus.SKIPPED, EventStatus.DEAD, EventStatus.CONFLICT}
+)
+"""Outcomes committed for good: the event's ledger entry can go. (A ``conflict`` message's
+entry is its own: the ingress queues no second body while the first is in the ledger.)"""
 
-FINISHED: Final = frozenset({APPLIED, SKIPPED})
-"""Statuses after which a redelivered copy of the event is acknowledged and ignored. A dead
+CONFLICT: Final = EventStatus.CONFLICT
+
+FINISHED: Final = frozenset({APPLIED, SKIPPED, CONFLICT})
+"""Statuses after which a redelivered copy of the event is acknowledged and ignored (``conflict``
+is what a claim reports for a body that differs from the one recorded: never applied). A dead
 event is not finished: delivering it again (a replay) is how it gets another chance."""
 
 
@@ -64,6 +77,11 @@ class IncomingEvent:
     document: Any = field(default=None, compare=False, repr=False)
     """The payload, parsed, if whoever described the event parsed it already (None otherwise):
     a worker reads each payload once, not once per step."""
+
+    @cached_property
+    def payload_hash(self) -> str:
+        """``webhook_events.payload_hash``: the SHA-256 of the payload, in hex."""
+        return payload_hash(self.payload)
 
 
 def claim_event(connection: Connection, event: IncomingEvent) -> str:
@@ -83,16 +101,19 @@ def claim_event(connection: Connection, event: IncomingEvent) -> str:
             event_timestamp=event.event_timestamp,
             received_at=event.received_at,
             organization_id=event.organization_id,
+            payload_hash=event.payload_hash,
         )
         .on_conflict_do_nothing(index_elements=[webhook_events.c.svix_id])
     )
-    return str(
-        connection.execute(
-            select(webhook_events.c.status)
-            .where(webhook_events.c.svix_id == event.svix_id)
-            .with_for_update()
-        ).scalar_one()
-    )
+    row = connection.execute(
+        select(webhook_events.c.status, webhook_events.c.payload_hash)
+        .where(webhook_events.c.svix_id == event.svix_id)
+        .with_for_update()
+    ).one()
+    if _conflicts(event, row.payload_hash):
+        _record_conflict(connection, event, row.payload_hash)
+        return CONFLICT
+    return str(row.status)
 
 
 CLAIM_CHUNK: Final = 500
@@ -132,26 +153,69 @@ def claim_events(connection: Connection, events: Sequence[IncomingEvent]) -> Cla
         statuses.update(dict.fromkeys(_insert_new(connection, chunk), RECEIVED))
     presumed = frozenset(statuses)
     existing = [event.svix_id for event in unique if event.svix_id not in statuses]
+    by_id = {event.svix_id: event for event in unique}
+    conflicts: list[tuple[IncomingEvent, str]] = []
     for start in range(0, len(existing), CLAIM_CHUNK):
         rows = connection.execute(
-            select(webhook_events.c.svix_id, webhook_events.c.status)
+            select(webhook_events.c.svix_id, webhook_events.c.status, webhook_events.c.payload_hash)
             .where(webhook_events.c.svix_id.in_(existing[start : start + CLAIM_CHUNK]))
             .order_by(webhook_events.c.svix_id)
             .with_for_update()
         )
-        statuses.update({str(row.svix_id): str(row.status) for row in rows})
+        for row in rows:
+            svix_id = str(row.svix_id)
+            if _conflicts(by_id[svix_id], row.payload_hash):
+                conflicts.append((by_id[svix_id], row.payload_hash))
+                statuses[svix_id] = CONFLICT
+            else:
+                statuses[svix_id] = str(row.status)
+    for event, first_hash in conflicts:
+        _record_conflict(connection, event, first_hash)
     return Claims(statuses, presumed)
+
+
+def _conflicts(event: IncomingEvent, recorded_hash: str | None) -> bool:
+    """Whether the row recorded under the event's svix id holds another body (rows recorded
+    before revision 0004 have no hash, and are taken as the same body)."""
+    return recorded_hash is not None and recorded_hash != event.payload_hash
+
+
+def _record_conflict(connection: Connection, event: IncomingEvent, first_hash: str | None) -> None:
+    record_conflict(
+        connection,
+        svix_id=event.svix_id,
+        payload=event.payload,
+        body_hash=event.payload_hash,
+        first_hash=first_hash,
+        event_type=event.event_type,
+        event_timestamp=event.event_timestamp,
+        received_at=event.received_at,
+        organization_id=event.organization_id,
+    )
+
+
+def give_up(connection: Connection, event: IncomingEvent, reason: str) -> bool:
+    """Dead-letter an event that never reached an outcome (the ledger sweeper, after
+    re-publishing it ``CLERK_SYNC_LEDGER_MAX_REDELIVERIES`` times), with ``reason`` as its
+    error, unless it is finished meanwhile. Returns whether it was dead-lettered."""
+    if claim_event(connection, event) in FINISHED:
+        return False
+    finish_event(connection, event.svix_id, DEAD, attempts=0, error=reason)
+    return True
 
 
 CLAIM_UNNEST: Final = (
     "INSERT INTO webhook_events (svix_id, event_type, status, attempts, payload, "
-    "event_timestamp, received_at, processed_at, organization_id) "
+    "event_timestamp, received_at, processed_at, organization_id, payload_hash) "
     "SELECT svix_id, event_type, %(status)b, CAST(%(attempts)b AS integer), payload, "
-    "event_timestamp, received_at, CAST(%(processed_at)b AS timestamptz), organization_id "
+    "event_timestamp, received_at, CAST(%(processed_at)b AS timestamptz), organization_id, "
+    "payload_hash "
     "FROM unnest(CAST(%(svix_ids)b AS text[]), CAST(%(event_types)b AS text[]), "
     "CAST(%(payloads)b AS text[]), CAST(%(event_timestamps)b AS bigint[]), "
-    "CAST(%(received_ats)b AS timestamptz[]), CAST(%(organization_ids)b AS text[])) "
-    "AS incoming(svix_id, event_type, payload, event_timestamp, received_at, organization_id) "
+    "CAST(%(received_ats)b AS timestamptz[]), CAST(%(organization_ids)b AS text[]), "
+    "CAST(%(payload_hashes)b AS text[])) "
+    "AS incoming(svix_id, event_type, payload, event_timestamp, received_at, organization_id, "
+    "payload_hash) "
     "ORDER BY svix_id "
     "ON CONFLICT (svix_id) DO NOTHING RETURNING svix_id"
 )
@@ -181,6 +245,7 @@ def _insert_new(connection: Connection, events: Sequence[IncomingEvent]) -> list
                 "event_timestamps": [event.event_timestamp for event in events],
                 "received_ats": [event.received_at for event in events],
                 "organization_ids": [event.organization_id for event in events],
+                "payload_hashes": [event.payload_hash for event in events],
             },
         )
         return [str(svix_id) for svix_id in inserted.scalars()]
@@ -198,6 +263,7 @@ def _insert_new(connection: Connection, events: Sequence[IncomingEvent]) -> list
                 "received_at": event.received_at,
                 "processed_at": processed_at,
                 "organization_id": event.organization_id,
+                "payload_hash": event.payload_hash,
             }
             for event in events
         ],
@@ -338,6 +404,7 @@ def note_failed_attempt(
         event_timestamp=event.event_timestamp,
         received_at=event.received_at,
         organization_id=event.organization_id,
+        payload_hash=event.payload_hash,
     )
     statement = statement.on_conflict_do_update(
         index_elements=[webhook_events.c.svix_id],

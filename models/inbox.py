@@ -28,11 +28,11 @@ from sqlalchemy import (
 )
 
 from models.database import transaction
-from models.events import APPLIED, DEAD, RECEIVED, SKIPPED
+from models.events import APPLIED, CONFLICT, DEAD, RECEIVED, SKIPPED
 from models.tables import organization_memberships, organizations, tombstones, webhook_events
 from models.tombstones import ORGANIZATION, ORGANIZATION_MEMBERSHIP
 
-STATUSES: Final = (RECEIVED, APPLIED, SKIPPED, DEAD)
+STATUSES: Final = (RECEIVED, APPLIED, SKIPPED, DEAD, CONFLICT)
 
 PURGEABLE: Final = (APPLIED, SKIPPED)
 """What ``purge`` deletes by default. Dead letters stay until replayed or purged explicitly;
@@ -130,6 +130,10 @@ class StoredEvent:
     replay_count: int
     last_replayed_at: datetime | None
     payload: str | None = None
+    payload_hash: str | None = None
+    """SHA-256 of the payload (None for rows recorded before revision 0004)."""
+    conflict_of: str | None = None
+    """For a ``conflict`` row: the svix id whose first body won."""
 
     @property
     def received_at_ms(self) -> int:
@@ -153,6 +157,8 @@ class StoredEvent:
             replay_count=values["replay_count"],
             last_replayed_at=as_utc(values["last_replayed_at"]),
             payload=values.get("payload"),
+            payload_hash=values.get("payload_hash"),
+            conflict_of=values.get("conflict_of"),
         )
 
 

@@ -115,6 +115,8 @@ webhook_events = Table(
     Column("organization_id", String(64), index=True),
     Column("replay_count", Integer, nullable=False, default=0, server_default="0"),
     Column("last_replayed_at", Timestamp),
+    Column("payload_hash", String(64)),
+    Column("conflict_of", String(128)),
     Index("ix_webhook_events_status_received_at", "status", "received_at"),
     Index("ix_webhook_events_status_processed_at", "status", "processed_at"),
     Index("ix_webhook_events_received_at", "received_at"),
