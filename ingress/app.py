@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import time
@@ -10,12 +9,13 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
 from clerk_sync.broker.publisher import Publisher
 from clerk_sync.core.durability import DurabilityMonitor
+from clerk_sync.core.json_reading import PayloadTooDeepError, read_payload
+from clerk_sync.core.ledger_scripts import Acceptance
 from clerk_sync.core.queue import BrokerUnavailableError, QueuedEvent
 from clerk_sync.core.settings import Settings
 from ingress.metrics import IngressMetrics
@@ -29,6 +29,10 @@ BROKER_RETRY_AFTER_SECONDS = "30"
 MAX_SVIX_ID_LENGTH = 128
 """``webhook_events.svix_id`` is ``String(128)``: a longer id (even correctly signed) could never
 be recorded by the worker, so it is refused here instead of acknowledged and then lost."""
+
+QUEUED_EVENT_TYPE = "clerk_sync.queued_event_type"
+"""Where a request keeps the type of the event it queued, for counting once answered."""
+METRICS_FAILURE_LOG_SECONDS = 60.0
 
 SIGNING_HEADER_KEYS = {name: "HTTP_" + name.upper().replace("-", "_") for name in SIGNING_HEADERS}
 """Where WSGI keeps each signing header (the server joins repeated headers with commas)."""
@@ -81,12 +85,27 @@ def create_app(settings: Settings, publisher: Publisher | None = None) -> Flask:
     # would be verified (and refused as a bad signature) instead of answered with 413.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
 
+    metrics_failed_at = [-METRICS_FAILURE_LOG_SECONDS]
+
     @app.post(WEBHOOK_PATH)
     def receive_webhook() -> Response:
         started = time.perf_counter()
         response, outcome = handle_webhook()
-        metrics.requests_by_outcome[outcome].inc()
-        metrics.latency.observe(time.perf_counter() - started)
+        # The answer is decided (and for an accepted event, Redis holds it): counting it may
+        # fail (say, PROMETHEUS_MULTIPROC_DIR deleted under a forked worker), never change it.
+        try:
+            metrics.requests_by_outcome[outcome].inc()
+            event_type = request.environ.get(QUEUED_EVENT_TYPE)
+            if event_type is not None:
+                metrics.events.labels(event_type[:64]).inc()
+            metrics.latency.observe(time.perf_counter() - started)
+        except Exception as error:  # noqa: BLE001 - logged; the answer stands
+            if started - metrics_failed_at[0] >= METRICS_FAILURE_LOG_SECONDS:
+                metrics_failed_at[0] = started
+                log.error(
+                    "metrics not counted (logged at most once a minute)",
+                    extra={"outcome": outcome, "error": f"{type(error).__name__}: {error}"},
+                )
         return response
 
     def handle_webhook() -> tuple[Response, str]:
@@ -122,7 +141,13 @@ def create_app(settings: Settings, publisher: Publisher | None = None) -> Flask:
             payload = body.decode("utf-8")
         except UnicodeDecodeError:
             payload = ""
-        event_type = _event_type(payload) if payload else None
+        try:
+            event_type = _event_type(payload) if payload else None
+        except PayloadTooDeepError as error:
+            log.warning(
+                "webhook rejected", extra={"reason": "payload_too_deep", "svix_id": svix_id}
+            )
+            return error_response(400, "payload_too_deep", str(error)), "malformed"
         if event_type is None:
             log.warning(
                 "webhook rejected", extra={"reason": "malformed_payload", "svix_id": svix_id}
@@ -131,7 +156,7 @@ def create_app(settings: Settings, publisher: Publisher | None = None) -> Flask:
                 400, "malformed_payload", "the body must be a JSON object with a string 'type'"
             ), "malformed"
         try:
-            queue.publish(QueuedEvent(svix_id, payload, received_at_ms))
+            acceptance = queue.publish(QueuedEvent(svix_id, payload, received_at_ms))
         except BrokerUnavailableError as error:
             log.error(
                 "broker unavailable, event not accepted",
@@ -143,7 +168,9 @@ def create_app(settings: Settings, publisher: Publisher | None = None) -> Flask:
                 "the event could not be queued; retry later",
                 **{"Retry-After": BROKER_RETRY_AFTER_SECONDS},
             ), "broker_down"
-        metrics.events.labels(event_type[:64]).inc()
+        if acceptance is not Acceptance.ACCEPTED:
+            return _not_queued_again(acceptance, svix_id, event_type)
+        request.environ[QUEUED_EVENT_TYPE] = event_type
         # DEBUG, not INFO: one line per accepted event costs as much CPU as the whole enqueue,
         # and the inbox (``clerk-sync events show``) and the worker's line record each event.
         log.debug("event queued", extra={"svix_id": svix_id, "event_type": event_type})
@@ -222,6 +249,22 @@ def _readiness(durability: DurabilityMonitor, require_durable: bool) -> Response
     return jsonify(status="ready", **body)
 
 
+def _not_queued_again(
+    acceptance: Acceptance, svix_id: str, event_type: str
+) -> tuple[Response, str]:
+    """``202`` for an svix id the broker holds (or finished recently): Svix must not retry it.
+    A copy (a Svix retry, a captured request replayed) is ignored; another body under the same
+    svix id is logged here, and recorded in the inbox by the sweeper (never applied)."""
+    if acceptance is Acceptance.CONFLICT:
+        log.error(
+            "svix id reused with a different body; the first is kept, this one set aside",
+            extra={"svix_id": svix_id, "event_type": event_type},
+        )
+        return Response(status=202), "conflict"
+    log.debug("copy of a queued event ignored", extra={"svix_id": svix_id})
+    return Response(status=202), "duplicate"
+
+
 def _too_large(settings: Settings) -> Response:
     return error_response(
         413, "payload_too_large", f"the body exceeds {settings.max_body_bytes} bytes"
@@ -231,21 +274,18 @@ def _too_large(settings: Settings) -> Response:
 def _event_type(payload: str) -> str | None:
     """The event's ``type``, or None if the worker could not read the payload.
 
-    The worker reads the payload with ``json.loads(str)``, so that decides. orjson reads the
-    same texts the same way, several times faster, except that it refuses a few that
-    ``json.loads`` takes (NaN, lone surrogate escapes, numbers out of float range): those get
-    ``json.loads`` too. Parsing the decoded text matters: ``json.loads(bytes)`` would also
-    accept a UTF-8 BOM or UTF-16 that the worker's ``json.loads(str)`` rejects. Nesting too deep
-    for the parser raises ``RecursionError``, which is a malformed payload too, not a server
-    error.
+    Read with the worker's own reader (``read_payload``: exactly ``json.loads``'s reading, with
+    one depth limit), so the ingress accepts exactly the payloads a worker can read; one nested
+    too deep raises ``PayloadTooDeepError``. Parsing the decoded text matters:
+    ``json.loads(bytes)`` would also accept a UTF-8 BOM or UTF-16 that the worker's
+    ``json.loads(str)`` rejects.
     """
     try:
-        document: Any = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        try:
-            document = json.loads(payload)
-        except (ValueError, RecursionError):
-            return None
+        document: Any = read_payload(payload)
+    except PayloadTooDeepError:
+        raise
+    except ValueError:
+        return None
     if not isinstance(document, dict):
         return None
     event_type = document.get("type")

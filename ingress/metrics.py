@@ -28,6 +28,8 @@ OUTCOMES = (
     "body_timeout",
     "malformed",
     "broker_down",
+    "duplicate",
+    "conflict",
 )
 
 

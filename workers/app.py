@@ -37,6 +37,7 @@ from workers.processing import (
 )
 from workers.reconcile import RECONCILE_TASK, reconcile_schedule, scheduled_reconcile
 from workers.runtime import WorkerRuntime
+from workers.sweeping import give_up_on, record_conflicts
 
 log = logging.getLogger("clerk_sync.worker")
 
@@ -169,7 +170,9 @@ def create_celery_app(settings: Settings) -> Celery:
 
 def sweep(runtime: WorkerRuntime, now: float | None = None) -> int:
     """Re-publish events the ledger has held past their due time and that the inbox does not
-    show as finished; drop the ones that are. Returns how many were re-published."""
+    show as finished; drop the ones that are. An event re-published ``ledger_max_redeliveries``
+    times is dead-lettered and dropped instead; bodies the ingress set aside (another body under
+    an svix id it held) are recorded in the inbox. Returns how many were re-published."""
     ledger = runtime.publisher.ledger
     if ledger is None:
         return 0
@@ -182,14 +185,20 @@ def sweep(runtime: WorkerRuntime, now: float | None = None) -> int:
         if status in FINISHED or status == DEAD:
             finished.append(event.svix_id)
             continue
+        redeliveries = ledger.redeliveries(event.svix_id)
+        if redeliveries >= runtime.settings.ledger_max_redeliveries:
+            give_up_on(runtime, event, redeliveries)
+            finished.append(event.svix_id)
+            continue
         runtime.publisher.send(event)
-        ledger.postpone(event.svix_id, now + runtime.settings.ledger_redeliver_after_seconds)
+        ledger.redelivered(event.svix_id, now + runtime.settings.ledger_redeliver_after_seconds)
         republished += 1
         log.warning(
             "ledger: event re-published",
             extra={"svix_id": event.svix_id, "event_type": event_type_of(event)},
         )
     ledger.forget(finished)
+    record_conflicts(runtime, ledger, SWEEP_BATCH)
     return republished
 
 

@@ -7,6 +7,7 @@ import time
 from celery import Celery
 
 from clerk_sync.broker.messages import RedisTaskMessages, ThreadConnections
+from clerk_sync.core.ledger_scripts import Acceptance
 from clerk_sync.core.queue import (
     APPLY_EVENT_TASK,
     BROKER_ERRORS,
@@ -39,15 +40,15 @@ class Publisher:
         )
         self._connections = ThreadConnections(settings) if self.ledger is not None else None
 
-    def publish(self, event: QueuedEvent) -> None:
-        """Return once the broker holds the message and the ledger the event, else raise
-        ``BrokerUnavailableError``."""
+    def publish(self, event: QueuedEvent) -> Acceptance:
+        """Return once the broker holds the message and the ledger the event (or, on Redis,
+        holds them already: ``Acceptance``), else raise ``BrokerUnavailableError``."""
         due_at = time.time() + self._settings.ledger_redeliver_after_seconds
         try:
             if self.ledger is None or self._messages is None or self._connections is None:
                 self._send_task(event)
-                return
-            self.ledger.accept(
+                return Acceptance.ACCEPTED
+            return self.ledger.accept(
                 event, due_at, self._messages.build(event), self._connections.transact
             )
         except BROKER_ERRORS as error:

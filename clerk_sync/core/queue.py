@@ -20,7 +20,10 @@ import orjson
 import redis
 from kombu.exceptions import OperationalError as KombuOperationalError
 
+from clerk_sync.core import ledger_scripts as scripts
+from clerk_sync.core.ledger_scripts import Acceptance
 from clerk_sync.core.settings import Settings
+from models.payload_hash import payload_hash
 
 APPLY_EVENT_TASK: Final = "clerk_sync.apply_event"
 SWEEP_LEDGER_TASK: Final = "clerk_sync.sweep_ledger"
@@ -118,18 +121,29 @@ class Ledger:
         due_at: float,
         message: tuple[str, str],
         transact: Callable[[Sequence[tuple[Any, ...]]], list[Any]],
-    ) -> None:
+    ) -> Acceptance:
         """Write the ledger entry and push the task ``message`` (queue list, raw message) in
         one transaction (``ThreadConnections.transact``): both or neither, and no worker can
-        take the message before its entry is in the ledger."""
+        take the message before its entry is in the ledger. An svix id in the ledger or
+        finished recently is not queued again (``clerk_sync.core.ledger_scripts``)."""
         queue_key, raw_message = message
-        transact(
-            [
-                ("HSET", LEDGER_MESSAGES_KEY, event.svix_id, _ledger_entry(event)),
-                ("ZADD", LEDGER_DUE_KEY, due_at, event.svix_id),
-                ("LPUSH", queue_key, raw_message),
-            ]
+        keys = (
+            LEDGER_MESSAGES_KEY,
+            LEDGER_DUE_KEY,
+            scripts.LEDGER_HASHES_KEY,
+            scripts.LEDGER_CONFLICTS_KEY,
+            queue_key,
         )
+        entry = _ledger_entry(event)
+        arguments = (event.svix_id, entry, due_at, payload_hash(event.payload), raw_message)
+        try:
+            replies = transact([("EVALSHA", scripts.ACCEPT_SHA, len(keys), *keys, *arguments)])
+        except redis.ResponseError as error:
+            # Once per Redis (and after a restart or SCRIPT FLUSH): EVAL caches the script.
+            if not isinstance(error, redis.exceptions.NoScriptError):
+                raise
+            replies = transact([("EVAL", scripts.ACCEPT, len(keys), *keys, *arguments)])
+        return Acceptance(int(replies[0]))
 
     def forget(self, svix_ids: Sequence[str]) -> None:
         if not svix_ids:
@@ -141,10 +155,18 @@ class Ledger:
     @staticmethod
     def forget_in(pipeline: Any, svix_ids: Sequence[str]) -> None:
         """Queue ``forget``'s commands on a pipeline of another client of the same Redis (the
-        worker's acknowledgements), to run in its round trip."""
+        worker's acknowledgements), to run in its round trip: one script that drops the
+        entries and remembers them as finished (``clerk_sync.core.ledger_scripts``)."""
         if svix_ids:
-            pipeline.zrem(LEDGER_DUE_KEY, *svix_ids)
-            pipeline.hdel(LEDGER_MESSAGES_KEY, *svix_ids)
+            keys = (
+                LEDGER_DUE_KEY,
+                LEDGER_MESSAGES_KEY,
+                scripts.LEDGER_REDELIVERIES_KEY,
+                scripts.LEDGER_HASHES_KEY,
+                scripts.LEDGER_FINISHED_KEY,
+            )
+            remember = scripts.REMEMBER_FINISHED_SECONDS
+            pipeline.eval(scripts.FORGET, len(keys), *keys, remember, *svix_ids)
 
     def overdue(self, now: float, limit: int) -> list[QueuedEvent]:
         svix_ids = [
@@ -166,6 +188,32 @@ class Ledger:
 
     def postpone(self, svix_id: str, due_at: float) -> None:
         self._client.zadd(LEDGER_DUE_KEY, {svix_id: due_at}, xx=True)
+
+    def redeliveries(self, svix_id: str) -> int:
+        """How often the sweeper re-published the event."""
+        return int(self._client.hget(scripts.LEDGER_REDELIVERIES_KEY, svix_id) or 0)
+
+    def redelivered(self, svix_id: str, due_at: float) -> None:
+        """The sweeper re-published the event: count it, and postpone it to ``due_at``."""
+        pipeline = self._client.pipeline(transaction=True)
+        pipeline.zadd(LEDGER_DUE_KEY, {svix_id: due_at}, xx=True)
+        pipeline.hincrby(scripts.LEDGER_REDELIVERIES_KEY, svix_id, 1)
+        pipeline.execute()
+
+    def conflicts(self, limit: int) -> list[tuple[bytes, QueuedEvent]]:
+        """Up to about ``limit`` bodies the ingress set aside (another body under an svix id it
+        held), each with its key for ``drop_conflicts``."""
+        _cursor, found = self._client.hscan(scripts.LEDGER_CONFLICTS_KEY, 0, count=limit)
+        conflicts = []
+        for key, stored in found.items():
+            svix_id = key.decode().rsplit("\n", 1)[0]
+            payload, received_at_ms, *_signed = json.loads(stored)
+            conflicts.append((key, QueuedEvent(svix_id, payload, int(received_at_ms))))
+        return conflicts
+
+    def drop_conflicts(self, keys: Sequence[bytes]) -> None:
+        if keys:
+            self._client.hdel(scripts.LEDGER_CONFLICTS_KEY, *keys)
 
     def size(self) -> int:
         return int(self._client.zcard(LEDGER_DUE_KEY))

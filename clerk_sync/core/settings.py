@@ -192,6 +192,14 @@ class Settings:
             "CLERK_SYNC_LEDGER_SWEEP_INTERVAL_SECONDS", "how often beat runs the sweeper"
         ),
     )
+    ledger_max_redeliveries: int = field(
+        default=5,
+        metadata=documented(
+            "CLERK_SYNC_LEDGER_MAX_REDELIVERIES",
+            "an event the sweeper has re-published this many times without an outcome is "
+            "dead-lettered (`dead` in the inbox, with why) and dropped from the ledger",
+        ),
+    )
     purge_after_days: int | None = field(
         default=None,
         metadata=documented(
@@ -337,6 +345,9 @@ class Settings:
                 "CLERK_SYNC_LEDGER_SWEEP_INTERVAL_SECONDS",
                 defaults.ledger_sweep_interval_seconds,
                 1,
+            ),
+            ledger_max_redeliveries=whole_number(
+                env, "CLERK_SYNC_LEDGER_MAX_REDELIVERIES", defaults.ledger_max_redeliveries, 1
             ),
             purge_after_days=optional_whole_number(env, "CLERK_SYNC_PURGE_AFTER_DAYS", 1),
             log_format=cls._log_format(env),

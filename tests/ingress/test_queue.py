@@ -17,6 +17,7 @@ from celery import Celery
 
 from clerk_sync.broker.messages import RedisTaskMessages, random_uuid4
 from clerk_sync.broker.publisher import Publisher
+from clerk_sync.core.ledger_scripts import LEDGER_HASHES_KEY
 from clerk_sync.core.queue import (
     APPLY_EVENT_TASK,
     LEDGER_DUE_KEY,
@@ -131,7 +132,7 @@ def test_one_message_list_per_queue_and_no_routing_keys(
     for number in range(3):
         publisher.publish(QueuedEvent(f"msg_{number}", "{}", 1))
     assert sorted(key.decode() for key in redis_client.keys("*")) == sorted(
-        [settings.queue_name, LEDGER_DUE_KEY, LEDGER_MESSAGES_KEY]
+        [settings.queue_name, LEDGER_DUE_KEY, LEDGER_MESSAGES_KEY, LEDGER_HASHES_KEY]
     )
 
 

@@ -10,6 +10,7 @@ import pytest
 import redis
 from sqlalchemy import Engine
 
+from clerk_sync.core.ledger_scripts import LEDGER_FINISHED_KEY, LEDGER_HASHES_KEY
 from clerk_sync.core.queue import LEDGER_DUE_KEY, LEDGER_MESSAGES_KEY
 from clerk_sync.core.settings import Settings
 from tests.conftest import Send, inbox_row, queue_length, wait_for
@@ -94,6 +95,8 @@ def test_sweeper_drops_entries_whose_event_is_already_finished(
     svix_id = send(event("organization.created", organization_data("org_done")))
     wait_for(lambda: (row := inbox_row(pg_engine, svix_id)) and row["status"] == "applied")
     worker.stop()
+    # Past REMEMBER_FINISHED_SECONDS: the ingress no longer knows the event is finished.
+    redis_client.delete(LEDGER_HASHES_KEY, LEDGER_FINISHED_KEY)
     send(event("organization.created", organization_data("org_done")), svix_id=svix_id)
     redis_client.delete(settings.queue_name)
     assert redis_client.zcard(LEDGER_DUE_KEY) == 1
