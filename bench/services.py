@@ -149,6 +149,8 @@ def clerk_sync_env(
     env.update(
         {
             "CLERK_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            # The key of the task messages' MAC (clerk_sync.core.message_auth).
+            "CLERK_SYNC_MESSAGE_SECRET": "bench-message-secret-0123456789abcdef0123456789",
             "DATABASE_URL": database_url,
             "CELERY_BROKER_URL": services.redis_url,
             "CLERK_SYNC_QUEUE": queue,

@@ -156,7 +156,7 @@ def create_app(settings: Settings, publisher: Publisher | None = None) -> Flask:
                 400, "malformed_payload", "the body must be a JSON object with a string 'type'"
             ), "malformed"
         try:
-            acceptance = queue.publish(QueuedEvent(svix_id, payload, received_at_ms))
+            acceptance = queue.publish(QueuedEvent(svix_id, payload, received_at_ms, event_type))
         except BrokerUnavailableError as error:
             log.error(
                 "broker unavailable, event not accepted",

@@ -37,6 +37,8 @@ POSTGRES_ADMIN_URL = os.environ.get(
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SECOND_WEBHOOK_SECRET = "whsec_dGhpcyBpcyBhIHNlY29uZCB0ZXN0IGtleSEh"
+MESSAGE_SECRET = "test-message-secret-0123456789abcdef0123456789abcdef"
+"""The key of the task messages' MAC (``CLERK_SYNC_MESSAGE_SECRET``) in the tests."""
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
@@ -112,6 +114,7 @@ def settings(postgres_url: str, redis_client: redis.Redis[bytes]) -> Settings:
     """Settings for a pipeline on real PostgreSQL and Redis, with short retry delays."""
     return Settings(
         webhook_secrets=(WEBHOOK_SECRET,),
+        message_secrets=(MESSAGE_SECRET,),
         database_url=postgres_url,
         broker_url=REDIS_URL,
         queue_name=f"clerk-sync-test-{uuid.uuid4().hex[:6]}",
@@ -136,6 +139,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env.update(
         {
             "CLERK_WEBHOOK_SECRET": " ".join(settings.webhook_secrets),
+            "CLERK_SYNC_MESSAGE_SECRET": " ".join(settings.message_secrets),
             "DATABASE_URL": settings.database_url,
             "CELERY_BROKER_URL": settings.broker_url,
             "CLERK_SYNC_BROKER_DIR": settings.broker_filesystem_dir,
@@ -281,8 +285,10 @@ FLOWER_AUTH = "Basic " + base64.b64encode(FLOWER_USER.encode()).decode()
 
 
 def start_flower(settings: Settings, port: int, log_path: Path) -> subprocess.Popen[bytes]:
-    """A real Flower (``clerk-sync flower``) with basic auth, on 127.0.0.1:``port``."""
+    """A real Flower (``clerk-sync flower``) with basic auth, on 127.0.0.1:``port``; without
+    the message secret, which Flower does not need (so it cannot sign a message)."""
     env = {**settings_env(settings), "FLOWER_BASIC_AUTH": FLOWER_USER}
+    env.pop("CLERK_SYNC_MESSAGE_SECRET")
     with log_path.open("wb") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "clerk_sync", "flower", f"--port={port}", "--address=127.0.0.1"],

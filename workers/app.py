@@ -6,18 +6,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 from datetime import timedelta
 from functools import partial
 from typing import Any
 
 import structlog
 from celery import Celery, Task, signals
+from prometheus_client import CollectorRegistry
 
 from clerk_sync.broker.batch_items import register_batch_runner
 from clerk_sync.broker.batching import BatchingTask
 from clerk_sync.broker.pool import POOL
 from clerk_sync.broker.transport import TRANSPORT
 from clerk_sync.core.logs import configure_logging
+from clerk_sync.core.message_auth import ForgedMessageError, forged_argsrepr
 from clerk_sync.core.queue import (
     APPLY_EVENT_TASK,
     BROKER_ERRORS,
@@ -28,7 +31,9 @@ from clerk_sync.core.queue import (
 from clerk_sync.core.settings import Settings
 from models.database import is_transient, transaction
 from models.events import APPLIED, DEAD, FINISHED, event_status
+from workers.authentication import MessageCheck
 from workers.batches import batching_options, pool_optimization, prefetch_multiplier, run_batch
+from workers.dead_letters import DeadLetterError, dead_letter_exception_text
 from workers.processing import (
     apply_with_short_retries,
     dead_letter,
@@ -73,6 +78,7 @@ def create_celery_app(settings: Settings) -> Celery:
     app.conf.update(celery_configuration(settings))
     runtime = WorkerRuntime(settings, app)
     app.clerk_sync_runtime = runtime
+    check = MessageCheck(settings, lambda: runtime.metrics.registry)
 
     @signals.setup_logging.connect(weak=False, dispatch_uid="clerk_sync.setup_logging")
     def setup_logging(**_: Any) -> None:
@@ -81,6 +87,7 @@ def create_celery_app(settings: Settings) -> Celery:
     @signals.worker_init.connect(weak=False, dispatch_uid="clerk_sync.worker_metrics")
     def serve_metrics(**_: Any) -> None:
         """Started in the main worker process, before the pool forks."""
+        check.forged  # noqa: B018 - the counter exists (at 0) from the start
         if settings.worker_metrics_port:
             try:
                 runtime.metrics.serve(settings.worker_metrics_port)
@@ -115,13 +122,26 @@ def create_celery_app(settings: Settings) -> Celery:
         reject_on_worker_lost=True,
         ignore_result=True,
         max_retries=settings.max_retries,
+        # Logged by Celery as expected failures (one line, no traceback): they are reported.
+        throws=(ForgedMessageError, DeadLetterError),
         **batching_options(
             settings,
-            register_batch_runner(partial(run_batch, runtime), lambda: runtime.publisher.ledger),
+            register_batch_runner(
+                partial(run_batch, runtime),
+                lambda: runtime.publisher.ledger,
+                check.check_message,
+            ),
         ),
     )
-    def apply_event(task: Task, svix_id: str, payload: str, received_at_ms: int) -> str:
-        """Apply one event; on a transient failure retry with backoff, then dead-letter."""
+    def apply_event(
+        task: Task, svix_id: str, payload: str, received_at_ms: int, mac: str | None = None
+    ) -> str:
+        """Apply one event (its MAC checked first); on a transient failure retry with backoff,
+        then dead-letter. A forged or dead-lettered event fails the task (Flower shows it)."""
+        if not check.check_message(task.request.id, [svix_id, payload, received_at_ms, mac]):
+            # Celery's failure line shows this instead of the arguments (no payload).
+            task.request.argsrepr = forged_argsrepr(svix_id)
+            raise ForgedMessageError("its MAC does not check out; not applied")
         event = describe_event(svix_id, payload, received_at_ms)
         event_type = (event.event_type or "unknown")[:64]
         structlog.contextvars.bind_contextvars(svix_id=svix_id, event_type=event.event_type)
@@ -140,7 +160,11 @@ def create_celery_app(settings: Settings) -> Celery:
                 record_retry(runtime.engine, event, error)
                 runtime.metrics.retries.labels(event_type).inc()
                 raise task.retry(
-                    exc=error, countdown=runtime.retry_countdown(task.request.retries)
+                    exc=error,
+                    countdown=runtime.retry_countdown(task.request.retries),
+                    argsrepr=QueuedEvent(
+                        svix_id, payload, received_at_ms, event.event_type
+                    ).argsrepr(),
                 ) from error
         finally:
             structlog.contextvars.unbind_contextvars("svix_id", "event_type")
@@ -149,11 +173,13 @@ def create_celery_app(settings: Settings) -> Celery:
         if status == APPLIED and event.event_timestamp is not None:
             runtime.metrics.lag.observe(max(0.0, time.time() - event.event_timestamp / 1000))
         _forget(runtime, svix_id)
+        if status == DEAD:
+            raise DeadLetterError(dead_letter_exception_text(runtime.engine, svix_id))
         return status
 
     @app.task(name=SWEEP_LEDGER_TASK, ignore_result=True, shared=False)
     def sweep_ledger() -> int:
-        return sweep(runtime)
+        return sweep(runtime, check=check)
 
     @app.task(name=PURGE_EVENTS_TASK, ignore_result=True, shared=False)
     def purge_old_events() -> int:
@@ -168,11 +194,16 @@ def create_celery_app(settings: Settings) -> Celery:
     return app
 
 
-def sweep(runtime: WorkerRuntime, now: float | None = None) -> int:
+def sweep(
+    runtime: WorkerRuntime, now: float | None = None, check: MessageCheck | None = None
+) -> int:
     """Re-publish events the ledger has held past their due time and that the inbox does not
-    show as finished; drop the ones that are. An event re-published ``ledger_max_redeliveries``
-    times is dead-lettered and dropped instead; bodies the ingress set aside (another body under
-    an svix id it held) are recorded in the inbox. Returns how many were re-published."""
+    show as finished; drop the ones that are, and the entries whose MAC does not check out
+    (forged: never published). An event re-published ``ledger_max_redeliveries`` times is
+    dead-lettered and dropped instead; bodies the ingress set aside (another body under an svix
+    id it held) are recorded in the inbox. Returns how many were re-published."""
+    if check is None:
+        check = MessageCheck(runtime.settings, CollectorRegistry)
     ledger = runtime.publisher.ledger
     if ledger is None:
         return 0
@@ -180,6 +211,10 @@ def sweep(runtime: WorkerRuntime, now: float | None = None) -> int:
     republished = 0
     finished: list[str] = []
     for event in ledger.overdue(now, SWEEP_BATCH):
+        if not check.check_entry(event.svix_id, event.payload, event.received_at_ms, event.mac):
+            # Not written by our publishers: dropped, never published.
+            finished.append(event.svix_id)
+            continue
         with transaction(runtime.engine) as connection:
             status = event_status(connection, event.svix_id)
         if status in FINISHED or status == DEAD:
@@ -190,12 +225,13 @@ def sweep(runtime: WorkerRuntime, now: float | None = None) -> int:
             give_up_on(runtime, event, redeliveries)
             finished.append(event.svix_id)
             continue
-        runtime.publisher.send(event)
+        event_type = event_type_of(event)
+        runtime.publisher.send(replace(event, event_type=event_type))
         ledger.redelivered(event.svix_id, now + runtime.settings.ledger_redeliver_after_seconds)
         republished += 1
         log.warning(
             "ledger: event re-published",
-            extra={"svix_id": event.svix_id, "event_type": event_type_of(event)},
+            extra={"svix_id": event.svix_id, "event_type": event_type},
         )
     ledger.forget(finished)
     record_conflicts(runtime, ledger, SWEEP_BATCH)

@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any, Final
 from clerk_sync.broker.batch_items import BatchItem
 from clerk_sync.core.queue import APPLY_EVENT_TASK, BROKER_ERRORS, QueuedEvent
 from models.database import is_transient
-from models.events import APPLIED, DEAD, EventStatus, IncomingEvent
+from models.events import APPLIED, EventStatus, IncomingEvent
+from workers.dead_letters import dead_letter as dead_letter_outcome
+from workers.dead_letters import with_reasons
 from workers.processing import (
     apply_batch_with_short_retries,
     apply_event,
@@ -99,6 +101,8 @@ def process_batch(
             )
             _one_by_one(runtime, unique, error, started, finished, transient, failed)
 
+    # Dead letters carry their reason to the main process, which reports them as failed tasks.
+    with_reasons(runtime.engine, finished)
     outcomes = _retry_or_dead_letter(runtime, first_copy, events, transient, finished, failed)
     outcomes.update(dict.fromkeys(deferred, EventStatus.DEFERRED))
     elapsed = time.perf_counter() - started
@@ -170,7 +174,7 @@ def _retry_or_dead_letter(
             except Exception as error:  # noqa: BLE001 - logged with its traceback below
                 unreachable = error
             else:
-                outcomes[svix_id] = finished[svix_id] = DEAD
+                outcomes[svix_id] = finished[svix_id] = dead_letter_outcome(transient[svix_id])
                 continue
         # Dead-lettering needs the database: the message is dropped as Celery drops a failed
         # task, and the event, still in the ledger, is published again by the sweeper.
@@ -183,7 +187,9 @@ def _retry_or_dead_letter(
         countdown = runtime.retry_countdown(item.retries)
         try:
             runtime.publisher.send(
-                QueuedEvent(item.svix_id, item.payload, item.received_at_ms),
+                QueuedEvent(
+                    item.svix_id, item.payload, item.received_at_ms, events[svix_id].event_type
+                ),
                 task_id=item.task_id,
                 retries=item.retries + 1,
                 countdown=countdown,

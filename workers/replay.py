@@ -73,7 +73,9 @@ def replay(
                 assert event.payload is not None
                 try:
                     publisher.publish(
-                        QueuedEvent(event.svix_id, event.payload, event.received_at_ms)
+                        QueuedEvent(
+                            event.svix_id, event.payload, event.received_at_ms, event.event_type
+                        )
                     )
                 except BrokerUnavailableError as failure:
                     error = str(failure)

@@ -1,15 +1,17 @@
 """What a batch is to the pool process that applies it: one ``BatchItem`` per message (read
-from the message's arguments, or refused), and the batch runner registered before the pool
-forks, which a batch names by key so that it pickles."""
+from the message's arguments once their MAC checked out, or refused as forged), the batch runner
+registered before the pool forks, which a batch names by key so that it pickles, and the
+outcome a dead-lettered event comes back with (``DeadLetter``)."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from clerk_sync.core.queue import Ledger
+from models.events import EventStatus
 
 
 @dataclass(frozen=True)
@@ -23,43 +25,63 @@ class BatchItem:
     retries: int
 
 
+class DeadLetter(str):
+    """The outcome ``dead`` (equal to ``EventStatus.DEAD``), with why: the error's class and
+    message, never the payload. The worker's main process reports it as a failed task."""
+
+    reason: str
+
+    def __new__(cls, reason: str) -> DeadLetter:
+        outcome = super().__new__(cls, EventStatus.DEAD.value)
+        outcome.reason = reason
+        return outcome
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (DeadLetter, (self.reason,))
+
+
 BatchRunner = Callable[[list[BatchItem], bool], list[str]]
 """Applies a batch in a pool process: ``(items, wait_for_locks)`` to one outcome per item."""
 
-_RUNNERS: dict[str, tuple[BatchRunner, Callable[[], Ledger | None]]] = {}
-"""Batch runners (and the ledger their events are in) by key, registered before the pool
-forks: a batch names its runner, so that it pickles as a key."""
+MessageCheck = Callable[[str, Sequence[Any] | None], bool]
+"""Whether a message's arguments (task id, positional arguments or None when unreadable) are
+authentic; a message that is not has been recorded as forged, and is never applied."""
+
+_RUNNERS: dict[str, tuple[BatchRunner, Callable[[], Ledger | None], MessageCheck]] = {}
+"""Batch runners (with the ledger their events are in and the check their messages pass) by
+key, registered before the pool forks: a batch names its runner, so that it pickles as a key."""
 
 
-def register_batch_runner(runner: BatchRunner, ledger: Callable[[], Ledger | None]) -> str:
+def register_batch_runner(
+    runner: BatchRunner, ledger: Callable[[], Ledger | None], check: MessageCheck
+) -> str:
     key = uuid.uuid4().hex
-    _RUNNERS[key] = (runner, ledger)
+    _RUNNERS[key] = (runner, ledger, check)
     return key
 
 
 def run_batch(runner_key: str, items: list[BatchItem], wait_for_locks: bool = True) -> list[str]:
     """Entry point in the pool process."""
-    runner, _ledger = _RUNNERS[runner_key]
+    runner, _ledger, _check = _RUNNERS[runner_key]
     return runner(items, wait_for_locks)
 
 
-def batch_item(request: Any) -> BatchItem | None:
-    """The batch item of a Celery request, or None when its arguments are not
-    ``(svix_id, payload, received_at_ms)``: such a message is answered as a failed task."""
+def message_args(request: Any) -> Sequence[Any] | None:
+    """A Celery request's positional arguments, or None when its body cannot be read or it has
+    keyword arguments (no message of ours has)."""
     try:
         args, kwargs = request.args, request.kwargs
-    except Exception:  # noqa: BLE001 - an undecodable body: answered as a failed task
+    except Exception:  # noqa: BLE001 - an undecodable body: refused
         return None
-    if kwargs or not isinstance(args, list | tuple) or len(args) != 3:
+    if kwargs or not isinstance(args, list | tuple):
         return None
-    svix_id, payload, received_at_ms = args
-    if (
-        not isinstance(svix_id, str)
-        or not isinstance(payload, str)
-        or not isinstance(received_at_ms, int)
-        or isinstance(received_at_ms, bool)
-    ):
-        return None
+    return args
+
+
+def batch_item(request: Any, args: Sequence[Any]) -> BatchItem:
+    """The batch item of a Celery request whose arguments ``(svix_id, payload, received_at_ms,
+    mac)`` passed the message check (which checked their types)."""
+    svix_id, payload, received_at_ms, _mac = args
     retries = request.request_dict.get("retries") or 0
     return BatchItem(request.id, svix_id, payload, received_at_ms, int(retries))
 
@@ -67,3 +89,8 @@ def batch_item(request: Any) -> BatchItem | None:
 def runner_ledger(runner_key: str) -> Ledger | None:
     """The ledger of the events a registered runner applies (read in the main process)."""
     return _RUNNERS[runner_key][1]()
+
+
+def runner_check(runner_key: str) -> MessageCheck:
+    """The check a registered runner's messages pass before they are batched."""
+    return _RUNNERS[runner_key][2]

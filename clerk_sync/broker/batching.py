@@ -34,9 +34,15 @@ from celery.worker.state import task_accepted, task_ready, task_reserved, task_s
 from celery.worker.strategy import hybrid_to_proto2, proto1_to_proto2
 from kombu.asynchronous.timer import to_timestamp
 
-from clerk_sync.broker.batch_items import batch_item, run_batch, runner_ledger
+from clerk_sync.broker.batch_items import (
+    batch_item,
+    message_args,
+    run_batch,
+    runner_check,
+    runner_ledger,
+)
 from clerk_sync.broker.settle import acknowledge_all, settle
-from clerk_sync.core.queue import APPLY_EVENT_TASK
+from clerk_sync.core.message_auth import ForgedMessageError, forged_argsrepr
 from models.events import FINAL_OUTCOMES, EventStatus
 
 log = logging.getLogger("clerk_sync.worker")
@@ -102,6 +108,7 @@ class Batcher:
             symbol_by_name(task.Request), task, consumer.pool, self.hostname, self.eventer, app=app
         )
         self.ledger = runner_ledger(task.batch_runtime)
+        self.check = runner_check(task.batch_runtime)
         self.batch_size = task.batch_size
         self.flush_interval = task.batch_flush_interval
         self.buffer: list[Any] = []
@@ -249,11 +256,12 @@ class Batcher:
             # it as Celery does (acknowledged, a task-revoked event).
             if (request.expires or request.id in self.revoked) and request.revoked():
                 continue
-            item = batch_item(request)
-            if item is None:
-                self._finish_unreadable(request)
+            # Before anything is applied: a message whose MAC does not check out is forged.
+            args = message_args(request)
+            if not self.check(request.id, args) or args is None:
+                self._finish_forged(request, args)
                 continue
-            items.append(item)
+            items.append(batch_item(request, args))
             valid.append(request)
         if not items:
             return
@@ -370,13 +378,22 @@ class Batcher:
                 expires=request.expires and request.expires.isoformat(),
             )
 
-    def _finish_unreadable(self, request: Any) -> None:
-        log.error(
-            "Task %s[%s] raised unexpected: %s",
-            APPLY_EVENT_TASK,
-            request.id,
-            "TypeError: expected arguments (svix_id, payload, received_at_ms)",
-        )
+    def _finish_forged(self, request: Any, args: Any) -> None:
+        """A forged message (recorded as such by the check): acknowledged, never applied, and
+        a failed task in Flower, its arguments shown without their payload."""
         task_ready(request)
         request.acknowledge()
-        request.send_event("task-failed", exception="TypeError('unexpected arguments')")
+        if self.events_enabled:
+            self.eventer.send(
+                "task-received",
+                uuid=request.id,
+                name=request.name,
+                args=forged_argsrepr(args[0] if args else None),
+                kwargs="{}",
+                retries=0,
+            )
+        request.send_event(
+            "task-failed",
+            exception=repr(ForgedMessageError("its MAC does not check out; not applied")),
+            traceback="",
+        )

@@ -8,6 +8,7 @@ from celery import Celery
 
 from clerk_sync.broker.messages import RedisTaskMessages, ThreadConnections
 from clerk_sync.core.ledger_scripts import Acceptance
+from clerk_sync.core.message_auth import MessageAuthenticator
 from clerk_sync.core.queue import (
     APPLY_EVENT_TASK,
     BROKER_ERRORS,
@@ -26,10 +27,18 @@ class Publisher:
     On a Redis broker one transaction, one round trip, writes the ledger entry and pushes the
     message (both or neither); other brokers (the filesystem broker of ``dev``) go through
     Celery's ``send_task``.
+
+    Every message (and ledger entry) it makes carries the MAC of its arguments, signed with
+    ``CLERK_SYNC_MESSAGE_SECRET`` (``clerk_sync.core.message_auth``): workers apply nothing
+    else. It signs what it is given, so its callers vouch for their events: the ingress
+    (Svix's signature checked), ``events replay`` (the inbox), a worker's retries (a message it
+    verified) and the sweeper (a ledger entry whose MAC it verified).
     """
 
     def __init__(self, settings: Settings, celery_app: Celery | None = None) -> None:
+        settings.require_message_secrets()
         self._settings = settings
+        self.authenticator = MessageAuthenticator(settings.message_secrets)
         if celery_app is None:
             celery_app = Celery("clerk_sync_ingress", set_as_current=False)
             celery_app.conf.update(broker_configuration(settings))
@@ -44,6 +53,7 @@ class Publisher:
         """Return once the broker holds the message and the ledger the event (or, on Redis,
         holds them already: ``Acceptance``), else raise ``BrokerUnavailableError``."""
         due_at = time.time() + self._settings.ledger_redeliver_after_seconds
+        event = self.sign(event)
         try:
             if self.ledger is None or self._messages is None or self._connections is None:
                 self._send_task(event)
@@ -65,6 +75,7 @@ class Publisher:
         """Publish the task message alone: the sweeper re-sends events already in the ledger,
         and a worker retrying an event sends it again (same ``task_id``, ``retries`` counted,
         due after ``countdown`` seconds). Broker errors propagate as they are."""
+        event = self.sign(event)
         if self.ledger is None or self._messages is None:
             self._send_task(event, task_id=task_id, retries=retries, countdown=countdown)
             return
@@ -75,6 +86,12 @@ class Publisher:
         else:
             key, message = self._messages.build(event, task_id)
         self.ledger.client.lpush(key, message)
+
+    def sign(self, event: QueuedEvent) -> QueuedEvent:
+        """``event`` with the MAC of its arguments under the signing secret."""
+        return event.signed(
+            self.authenticator.mac(event.svix_id, event.payload, event.received_at_ms)
+        )
 
     def _send_task(
         self,

@@ -12,6 +12,7 @@ from celery.worker.state import task_ready
 from kombu.transport.redis import QoS as RedisQoS
 from kombu.transport.virtual import QoS as VirtualQoS
 
+from clerk_sync.broker.batch_items import DeadLetter
 from clerk_sync.core.queue import BROKER_ERRORS, Ledger
 from models.events import EventStatus
 
@@ -32,12 +33,25 @@ def settle(request: Any, outcome: str, runtime: float) -> None:
         task_ready(request)
         request.acknowledge()
         request.send_event("task-failed", exception="see the worker log", traceback="")
+    elif outcome == EventStatus.DEAD:
+        # Dead-lettered (committed as ``dead``, its ledger entry dropped): a failed task in
+        # Flower, with the error's class and message (no payload), not a success.
+        task_ready(request)
+        request.acknowledge()
+        request.send_event("task-failed", exception=dead_letter_exception(outcome), traceback="")
     else:
-        # applied, skipped, dead (or a second copy of an event): what Request.on_success does
-        # for a task that returned this result.
+        # applied, skipped (or a second copy of an event): what Request.on_success does for a
+        # task that returned this result.
         task_ready(request, successful=True)
         request.acknowledge()
         request.send_event("task-succeeded", result=outcome, runtime=runtime)
+
+
+def dead_letter_exception(outcome: str) -> str:
+    """The ``exception`` of a dead letter's task-failed event, as a single-event task's would
+    read (``workers.dead_letters.DeadLetterError``): ``DeadLetterError('Type: message')``."""
+    reason = outcome.reason if isinstance(outcome, DeadLetter) else "see clerk-sync events show"
+    return f"DeadLetterError({reason!r})"
 
 
 def acknowledge_all(

@@ -26,6 +26,10 @@ WEBHOOK_PATH: Final = "/webhook/clerk"
 SECRET_FILE: Final = "webhook-secret"  # noqa: S105 - the name of the file holding it
 """In the data directory: the signing secret ``dev`` made when ``CLERK_WEBHOOK_SECRET`` was not
 set, kept so that later runs and ``send-example`` use the same one."""
+MESSAGE_SECRET_FILE: Final = "message-secret"  # noqa: S105 - the name of the file holding it
+"""In the data directory: the task messages' MAC key ``dev`` made when
+``CLERK_SYNC_MESSAGE_SECRET`` was not set, kept so that messages queued by one run are applied
+by the next."""
 
 
 def webhook_url(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> str:
@@ -45,6 +49,24 @@ def saved_secret(data_dir: Path) -> str | None:
         raise click.ClickException(
             f"{path} does not hold a signing secret ({error}); delete it for a new one"
         ) from None
+    return secret
+
+
+def message_secret(data_dir: Path) -> str:
+    """The message secret saved in ``data_dir``, else a new one saved there (readable by its
+    owner only)."""
+    path = data_dir / MESSAGE_SECRET_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    secret = secrets.token_hex(32)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another dev saved one meanwhile
+        return message_secret(data_dir)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(secret + "\n")
     return secret
 
 
@@ -97,6 +119,8 @@ def dev(host: str, port: int, data_dir: Path) -> None:
             f"{'Generated a development' if created else 'Development'} signing secret: "
             f"{secret} (saved in {data_dir / SECRET_FILE})"
         )
+    if not env.get("CLERK_SYNC_MESSAGE_SECRET", "").strip():
+        env["CLERK_SYNC_MESSAGE_SECRET"] = message_secret(data_dir)
     try:
         settings = Settings.from_env(env)
     except SettingsError as error:

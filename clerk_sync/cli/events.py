@@ -16,6 +16,7 @@ import click
 from clerk_sync.cli.common import database, load_settings, progress
 from clerk_sync.cli.formatting import event_json, event_table, event_time, iso, pretty_payload
 from clerk_sync.cli.options import DURATION, build_filter, filter_options
+from clerk_sync.core.settings import SettingsError
 from models.database import transaction
 from models.events import DEAD
 from models.inbox import PURGEABLE, count_purgeable, get_event, list_events, purge_events
@@ -169,6 +170,10 @@ def replay_command(
             click.echo(f"Would replay {len(found)} event{'' if len(found) == 1 else 's'}")
             _report_missing(missing_ids(event_filter.svix_ids, {event.svix_id for event in found}))
             return
+        try:
+            settings.require_message_secrets()
+        except SettingsError as error:
+            raise click.ClickException(str(error)) from None
         work = events_to_replay(engine, event_filter)
         with progress(len(work), "Replaying") as advance:
             result = replay(settings, engine, event_filter, work, batch_size, advance)

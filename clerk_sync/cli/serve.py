@@ -31,6 +31,7 @@ def ingress(bind: str, worker_count: int, threads: int) -> None:
     settings = load_settings()
     try:
         settings.require_webhook_secrets()
+        settings.require_message_secrets()
     except SettingsError as error:
         raise click.ClickException(str(error)) from None
     require_tested_versions(settings)
@@ -156,6 +157,10 @@ def require_durable_broker(settings: Settings) -> None:
 def worker(ctx: click.Context, concurrency: int | None, beat: bool) -> None:
     """Run a Celery worker consuming the event queue (extra options go to Celery)."""
     settings = load_settings()
+    try:
+        settings.require_message_secrets()
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
     require_tested_versions(settings)
     use_multiprocess_metrics()
     from workers.app import create_celery_app

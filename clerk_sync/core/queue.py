@@ -1,7 +1,9 @@
 """The queue contract between the ingress and the workers, and the ledger of accepted events.
 
 The ingress publishes an ordinary Celery task message (protocol 2) naming ``APPLY_EVENT_TASK``
-with arguments ``(svix_id, payload, received_at_ms)``; neither side imports the other. On a
+with arguments ``(svix_id, payload, received_at_ms, mac)``, the last a MAC of the first three
+(``clerk_sync.core.message_auth``) without which no worker applies it; neither side imports the
+other. On a
 Redis broker the message goes out in the same transaction that writes the event to the ledger
 (``clerk_sync.broker.publisher``), so an accepted event is always both queued and in the ledger;
 the worker removes it from the ledger only after the event's outcome is committed. kombu's Redis
@@ -44,17 +46,24 @@ class QueuedEvent:
     svix_id: str
     payload: str
     received_at_ms: int
+    event_type: str | None = None
+    """Shown in Flower and Celery's logs (``argsrepr``) when the publisher knows it."""
+    mac: str = ""
+    """The arguments' MAC (``clerk_sync.core.message_auth``), set by the publisher that signs
+    the message; a worker applies no message without a valid one."""
 
     def task_args(self) -> list[Any]:
-        return [self.svix_id, self.payload, self.received_at_ms]
+        """The task's arguments: ``(svix_id, payload, received_at_ms, mac)``."""
+        return [self.svix_id, self.payload, self.received_at_ms, self.mac]
+
+    def signed(self, mac: str) -> QueuedEvent:
+        return QueuedEvent(self.svix_id, self.payload, self.received_at_ms, self.event_type, mac)
 
     def argsrepr(self) -> str:
-        """What Celery's logs and Flower show instead of the arguments: the payload holds names
-        and email addresses."""
-        return (
-            f"({self.svix_id!r}, <payload of {len(self.payload)} characters>, "
-            f"{self.received_at_ms})"
-        )
+        """What Celery's logs and Flower show instead of the arguments: the svix id and event
+        type, never the payload (it holds names and email addresses) nor the MAC."""
+        event_type = (self.event_type or "?")[:64]
+        return f"({self.svix_id!r}, {event_type!r}, <payload of {len(self.payload)} characters>)"
 
 
 def broker_configuration(settings: Settings) -> dict[str, Any]:
@@ -182,8 +191,9 @@ class Ledger:
             if stored is None:
                 self._client.zrem(LEDGER_DUE_KEY, svix_id)
                 continue
-            payload, received_at_ms = json.loads(stored)
-            events.append(QueuedEvent(svix_id, payload, int(received_at_ms)))
+            payload, received_at_ms, *signed = json.loads(stored)
+            mac = signed[0] if signed and isinstance(signed[0], str) else ""
+            events.append(QueuedEvent(svix_id, payload, int(received_at_ms), mac=mac))
         return events
 
     def postpone(self, svix_id: str, due_at: float) -> None:
@@ -257,4 +267,6 @@ def queue_status(settings: Settings) -> QueueStatus:
 
 
 def _ledger_entry(event: QueuedEvent) -> bytes:
-    return orjson.dumps([event.payload, event.received_at_ms])
+    """``[payload, received_at_ms, mac]``: the sweeper re-publishes an entry only if its MAC
+    checks out, so that writing to the ledger is no way round the workers' check."""
+    return orjson.dumps([event.payload, event.received_at_ms, event.mac])

@@ -146,3 +146,20 @@ def flag(env: Mapping[str, str], name: str) -> bool:
     if value in ("1", "true", "yes", "on"):
         return True
     raise SettingsError(f"{name}: expected 1 or 0 (true or false), got {value!r}")
+
+
+MIN_MESSAGE_SECRET_LENGTH: Final = 32
+
+
+def parse_message_secrets(raw: str) -> tuple[str, ...]:
+    """Split ``CLERK_SYNC_MESSAGE_SECRET`` into secrets (spaces or commas between them, the
+    signing one first) and check each is long enough to be a key (e.g. ``openssl rand -hex
+    32``)."""
+    secrets = tuple(part for part in re.split(r"[\s,]+", raw.strip()) if part)
+    for position, secret in enumerate(secrets, start=1):
+        if len(secret) < MIN_MESSAGE_SECRET_LENGTH:
+            raise SettingsError(
+                f"CLERK_SYNC_MESSAGE_SECRET: secret #{position} is shorter than "
+                f"{MIN_MESSAGE_SECRET_LENGTH} characters (make one with: openssl rand -hex 32)"
+            )
+    return secrets

@@ -28,6 +28,7 @@ from clerk_sync.core.setting_values import (
     optional_whole_number,
     parse_clerk_api_url,
     parse_clerk_secret_key,
+    parse_message_secrets,
     parse_webhook_secrets,
     positive_number,
     whole_number,
@@ -49,6 +50,18 @@ class Settings:
             "the endpoint's Signing Secret `whsec_…`; several separated by spaces or commas "
             "during a rotation (each is tried)",
             "— (required by the ingress)",
+        ),
+    )
+    message_secrets: tuple[str, ...] = field(
+        default=(),
+        repr=False,
+        metadata=documented(
+            "CLERK_SYNC_MESSAGE_SECRET",
+            "key of the MAC that the ingress, sweeper, retries and replay put on each task "
+            "message; workers apply no message without it (at least 32 characters, e.g. "
+            "`openssl rand -hex 32`; several separated by spaces or commas during a rotation: "
+            "the first signs, each verifies). Not needed by Flower or beat",
+            "— (required by the ingress and workers; `dev` makes one)",
         ),
     )
     database_url: str = field(
@@ -283,6 +296,7 @@ class Settings:
         defaults = cls()
         settings = cls(
             webhook_secrets=parse_webhook_secrets(env.get("CLERK_WEBHOOK_SECRET", "")),
+            message_secrets=parse_message_secrets(env.get("CLERK_SYNC_MESSAGE_SECRET", "")),
             database_url=normalise_database_url(
                 env.get("DATABASE_URL", "").strip() or DEFAULT_DATABASE_URL
             ),
@@ -419,6 +433,14 @@ class Settings:
             )
         for position, secret in enumerate(self.webhook_secrets, start=1):
             check_webhook_secret(position, secret)
+
+    def require_message_secrets(self) -> None:
+        """Who publishes task messages signs them and who applies them verifies them."""
+        if not self.message_secrets:
+            raise SettingsError(
+                "CLERK_SYNC_MESSAGE_SECRET is not set: task messages are signed and verified "
+                "with it (make one with: openssl rand -hex 32)"
+            )
 
     def require_clerk_secret_key(self) -> None:
         """``reconcile`` reads Clerk's Backend API, which needs the instance's secret key."""

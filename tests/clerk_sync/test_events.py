@@ -21,11 +21,12 @@ from click.testing import CliRunner, Result
 from sqlalchemy import Connection, Engine, column, create_engine, insert, select, table, text
 
 from clerk_sync.cli import main
+from clerk_sync.core.message_auth import MessageAuthenticator
 from clerk_sync.core.queue import LEDGER_DUE_KEY, LEDGER_MESSAGES_KEY
 from clerk_sync.core.settings import Settings, SettingsError
 from models.migrate import alembic_config, upgrade
 from models.tables import webhook_events
-from tests.conftest import REDIS_URL, Send, queue_length, settings_env, wait_for
+from tests.conftest import MESSAGE_SECRET, REDIS_URL, Send, queue_length, settings_env, wait_for
 from tests.factories import (
     BASE_TIME_MS,
     body_of,
@@ -348,7 +349,9 @@ def test_replay_records_and_enqueues_through_the_ledger(
     queued = [json.loads(message) for message in redis_client.lrange(settings.queue_name, 0, -1)]
     assert {message["headers"]["task"] for message in queued} == {"clerk_sync.apply_event"}
     arguments = [json.loads(base64.b64decode(message["body"]))[0] for message in queued]
-    assert sorted(arguments) == sorted(
+    authenticator = MessageAuthenticator([MESSAGE_SECRET])
+    assert all(authenticator.verify(*signed) for signed in arguments), "signed by the replay"
+    assert sorted(signed[:3] for signed in arguments) == sorted(
         [svix_id, row["payload"], int(row["received_at"].timestamp() * 1000)]
         for svix_id in (applied_id, dead_id)
         if (row := inbox_row(pg_engine, svix_id))

@@ -18,6 +18,7 @@ DOC = ROOT / "docs" / "configuration.md"
 
 SAMPLES = {
     "CLERK_WEBHOOK_SECRET": WEBHOOK_SECRET,
+    "CLERK_SYNC_MESSAGE_SECRET": "a-message-secret-of-at-least-32-characters",
     "DATABASE_URL": "sqlite:///elsewhere.db",
     "CELERY_BROKER_URL": "redis://127.0.0.1:6379/3",
     "CLERK_SECRET_KEY": "sk_test_abc",

@@ -18,6 +18,7 @@ from celery import Celery
 from clerk_sync.broker.messages import RedisTaskMessages, random_uuid4
 from clerk_sync.broker.publisher import Publisher
 from clerk_sync.core.ledger_scripts import LEDGER_HASHES_KEY
+from clerk_sync.core.message_auth import MessageAuthenticator
 from clerk_sync.core.queue import (
     APPLY_EVENT_TASK,
     LEDGER_DUE_KEY,
@@ -26,7 +27,7 @@ from clerk_sync.core.queue import (
     broker_configuration,
 )
 from clerk_sync.core.settings import Settings
-from tests.conftest import queue_length
+from tests.conftest import MESSAGE_SECRET, queue_length
 from tests.ingress.conftest import decode_message, ledger_ids
 
 VARYING_HEADERS = {"id", "root_id", "origin", "ignore_result"}
@@ -39,13 +40,24 @@ def raw_messages(client: redis.Redis[bytes], queue: str) -> list[dict[str, Any]]
 def test_publish_queues_the_message_send_task_would_and_the_ledger_entry(
     settings: Settings, redis_client: redis.Redis[bytes]
 ) -> None:
-    event = QueuedEvent("msg_1", '{"type": "organization.created", "data": {}}', 1_700_000_000_000)
-    Publisher(settings).publish(event)
+    event = QueuedEvent(
+        "msg_1",
+        '{"type": "organization.created", "data": {}}',
+        1_700_000_000_000,
+        "organization.created",
+    )
+    publisher = Publisher(settings)
+    publisher.publish(event)
     [ours] = raw_messages(redis_client, settings.queue_name)
     assert ledger_ids(redis_client) == {"msg_1"}
+    event = publisher.sign(event)
+    assert event.mac == MessageAuthenticator([MESSAGE_SECRET]).mac(
+        event.svix_id, event.payload, event.received_at_ms
+    )
     assert json.loads(redis_client.hget(LEDGER_MESSAGES_KEY, "msg_1")) == [
         event.payload,
         event.received_at_ms,
+        event.mac,
     ]
     due = redis_client.zscore(LEDGER_DUE_KEY, "msg_1")
     assert due is not None
@@ -70,7 +82,12 @@ def test_publish_queues_the_message_send_task_would_and_the_ledger_entry(
         assert ours["headers"][name] == reference["headers"][name], name
     assert ours["headers"]["id"] == ours["headers"]["root_id"]
     assert ours["headers"]["argsrepr"] == event.argsrepr()
-    assert "organization.created" not in ours["headers"]["argsrepr"], "no payload in the repr"
+    assert (
+        ours["headers"]["argsrepr"]
+        == "('msg_1', 'organization.created', <payload of 44 characters>)"
+    )
+    assert event.payload not in ours["headers"]["argsrepr"], "no payload in the repr"
+    assert event.mac not in ours["headers"]["argsrepr"]
     for name in ("delivery_info", "priority", "body_encoding", "delivery_mode"):
         assert ours["properties"][name] == reference["properties"][name], name
     assert ours["properties"]["correlation_id"] == ours["headers"]["id"]

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from clerk_sync.cli import main
 from clerk_sync.core.settings import Settings, SettingsError, parse_webhook_secrets
 from ingress import create_app
-from tests.conftest import SECOND_WEBHOOK_SECRET, WEBHOOK_SECRET
+from tests.conftest import MESSAGE_SECRET, SECOND_WEBHOOK_SECRET, WEBHOOK_SECRET
 
 MALFORMED_SECRETS = [
     "abc",
@@ -77,7 +77,9 @@ def test_create_app_refuses_malformed_secrets_given_directly(secrets: tuple[str,
 )
 def test_several_secrets(raw: str) -> None:
     assert parse_webhook_secrets(raw) == (WEBHOOK_SECRET, SECOND_WEBHOOK_SECRET)
-    settings = Settings.from_env({"CLERK_WEBHOOK_SECRET": raw})
+    settings = Settings.from_env(
+        {"CLERK_WEBHOOK_SECRET": raw, "CLERK_SYNC_MESSAGE_SECRET": MESSAGE_SECRET}
+    )
     assert settings.webhook_secrets == (WEBHOOK_SECRET, SECOND_WEBHOOK_SECRET)
     create_app(settings)
 
