@@ -56,8 +56,11 @@ Pair = tuple[str, str]
 class UnitOfWork:
     """The reads and writes of one transaction's mutations (see the module docstring)."""
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, *, alone: bool = False) -> None:
+        """``alone``: nothing else writes the tables this transaction writes (a rebuild's
+        shadow tables), so no lock is taken."""
         self.connection = connection
+        self._alone = alone
         self._held: set[str] = set()
         self._tombstones: dict[Pair, Tombstone | None] | None = None
         """(entity_type, entity_id) → its tombstone or None, for the entities read ahead."""
@@ -74,15 +77,19 @@ class UnitOfWork:
     ) -> set[str]:
         """Take these locks up front (``models.locks.take_locks``); returns the lock keys *not*
         taken (none when waiting)."""
+        if self._alone:
+            return set()
         held, busy = take_locks(self.connection, organization_ids, user_ids, wait=wait)
         self._held |= held
         return busy
 
     def lock_organization(self, organization_id: str) -> None:
-        lock_organization(self.connection, organization_id, self._held)
+        if not self._alone:
+            lock_organization(self.connection, organization_id, self._held)
 
     def lock_user(self, user_id: str) -> None:
-        lock_user(self.connection, user_id, self._held)
+        if not self._alone:
+            lock_user(self.connection, user_id, self._held)
 
     # -- read ahead -------------------------------------------------------------------------
 

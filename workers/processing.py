@@ -158,9 +158,9 @@ def apply_batch(
 
     A savepoint per event would isolate a poison event, but costs two more round trips to the
     database per event, as many as the mutation itself: the batch is first applied without
-    them, and with its user and membership upserts written together (``UnitOfWork.writing_together``). Only
-    if that fails (an event, or such a write) is it rolled back and applied again with a
-    savepoint per event, each write on its own.
+    them, and with its upserts written together (``UnitOfWork.writing_together``). Only if
+    that fails (an event, or such a write) is it rolled back and applied again with a savepoint
+    per event, each write on its own.
     """
     try:
         return _apply_batch(engine, events, workspace_key, isolated=False, wait=wait_for_locks)

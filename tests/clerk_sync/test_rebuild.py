@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, delete, insert, select, update
 
 from clerk_sync.cli import main
-from models.tables import organization_memberships, organizations, tombstones, webhook_events
+from models.tables import organization_memberships, organizations, tombstones, users, webhook_events
 from tests.conftest import empty_tables
 from tests.factories import (
     BASE_TIME_MS,
@@ -30,6 +30,7 @@ from tests.models.support import (
     rows,
     synced_state,
     tombstone_rows,
+    user_rows,
 )
 from tests.models.test_convergence import deliveries, histories
 from workers.processing import apply_event, describe_event
@@ -96,6 +97,7 @@ def test_rebuild_restores_lost_tables_and_skips_dead_letters(engine: Engine) -> 
     assert deliver(engine, event("organizationMembership.created", poison)) == "dead"
     assert deliver(engine, event("session.created", {"id": "sess_1"})) == "skipped"
     live, live_tombstones = synced_state(engine), tombstone_rows(engine)
+    live_users = user_rows(engine)
     assert live[0]
     assert live[1]
     assert live_tombstones
@@ -103,6 +105,7 @@ def test_rebuild_restores_lost_tables_and_skips_dead_letters(engine: Engine) -> 
         connection.execute(delete(organization_memberships))
         connection.execute(update(organizations).values(name="damaged"))
         connection.execute(delete(tombstones))
+        connection.execute(delete(users))
 
     result = rebuild(engine, "--yes")
 
@@ -110,9 +113,11 @@ def test_rebuild_restores_lost_tables_and_skips_dead_letters(engine: Engine) -> 
     organization_count, membership_count = len(live[0]), len(live[1])
     assert result.output == (
         f"Rebuilt from {len(history.events)} event(s): {organization_count} organization(s), "
-        f"{membership_count} membership(s), {len(live_tombstones)} tombstone(s)\n"
+        f"{membership_count} membership(s), {len(live_users)} user(s), "
+        f"{len(live_tombstones)} tombstone(s)\n"
     )
     assert synced_state(engine) == live
+    assert user_rows(engine) == live_users
     assert tombstone_rows(engine) == live_tombstones
 
 
@@ -125,8 +130,8 @@ def test_rebuild_asks_for_confirmation(engine: Engine) -> None:
 
     assert declined.exit_code == 1
     assert (
-        "This empties organizations (1 rows), organization_memberships (0) and tombstones (0), "
-        "then re-applies 1 stored event(s). Continue? [y/N]"
+        "This replaces organizations (1 rows), organization_memberships (0), users (0) and "
+        "tombstones (0) with tables re-made from 1 stored event(s). Continue? [y/N]"
     ) in declined.output
     assert "Aborted" in declined.output
     with engine.connect() as connection:
@@ -180,9 +185,9 @@ def test_rebuild_of_an_empty_inbox_empties_the_tables(engine: Engine) -> None:
     assert synced_state(engine) == ([], [])
 
 
-def test_rebuild_keeps_tombstones_it_does_not_rebuild(engine: Engine) -> None:
-    """Only organization and membership tombstones come from the events rebuild re-applies;
-    a tombstone of another kind (a deleted user, say) is kept as it is."""
+def test_rebuild_keeps_tombstones_no_event_explains(engine: Engine) -> None:
+    """A tombstone that no stored event explains (``reconcile`` found the user gone) is kept,
+    whatever its kind: the deletion stays known."""
     deliver(engine, event("organization.created", organization_data("org_1")))
     other = {
         "entity_type": "user",
@@ -199,7 +204,7 @@ def test_rebuild_keeps_tombstones_it_does_not_rebuild(engine: Engine) -> None:
     result = rebuild(engine, "--yes")
 
     assert result.exit_code == 0, result.output
-    assert result.output.endswith("1 organization(s), 0 membership(s), 0 tombstone(s)\n")
+    assert result.output.endswith("1 organization(s), 0 membership(s), 0 user(s), 1 tombstone(s)\n")
     assert [(row["entity_type"], row["entity_id"]) for row in tombstone_rows(engine)] == [
         ("user", "user_gone")
     ]
