@@ -75,7 +75,8 @@ def replay(
                     publisher.publish(
                         QueuedEvent(
                             event.svix_id, event.payload, event.received_at_ms, event.event_type
-                        )
+                        ),
+                        replay=True,
                     )
                 except BrokerUnavailableError as failure:
                     error = str(failure)

@@ -49,9 +49,10 @@ class Publisher:
         )
         self._connections = ThreadConnections(settings) if self.ledger is not None else None
 
-    def publish(self, event: QueuedEvent) -> Acceptance:
+    def publish(self, event: QueuedEvent, *, replay: bool = False) -> Acceptance:
         """Return once the broker holds the message and the ledger the event (or, on Redis,
-        holds them already: ``Acceptance``), else raise ``BrokerUnavailableError``."""
+        holds them already: ``Acceptance``), else raise ``BrokerUnavailableError``. A
+        ``replay`` is queued even if the svix id finished recently."""
         due_at = time.time() + self._settings.ledger_redeliver_after_seconds
         event = self.sign(event)
         try:
@@ -59,7 +60,11 @@ class Publisher:
                 self._send_task(event)
                 return Acceptance.ACCEPTED
             return self.ledger.accept(
-                event, due_at, self._messages.build(event), self._connections.transact
+                event,
+                due_at,
+                self._messages.build(event),
+                self._connections.transact,
+                replay=replay,
             )
         except BROKER_ERRORS as error:
             raise BrokerUnavailableError(type(error).__name__) from error

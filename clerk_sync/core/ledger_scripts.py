@@ -12,7 +12,8 @@ payload, until the sweeper records them in the inbox (``:conflicts``).
 times within Svix's 5-minute timestamp tolerance adds one message to the queue. With the same
 payload it is a copy (``DUPLICATE``); with another payload the first wins, the ledger keeps the
 first body, and the second is set aside once per distinct body (``CONFLICT``). Otherwise the
-entry, its hash and its due time are written and the message pushed (``ACCEPTED``). Either way
+entry, its hash and its due time are written and the message pushed (``ACCEPTED``), as they
+always are for a replay. Either way
 the ingress answers ``202``: Svix must not retry. Cost: one ``HGET`` more than the three writes
 of a plain transaction, and a hash per event of Redis memory while it is remembered.
 
@@ -51,7 +52,7 @@ class Acceptance(IntEnum):
 
 ACCEPT: Final = """
 local known = redis.call('HGET', KEYS[3], ARGV[1])
-if known then
+if known and ARGV[6] ~= '1' then
   if known == ARGV[4] then
     return 1
   end
@@ -65,8 +66,10 @@ redis.call('LPUSH', KEYS[5], ARGV[5])
 return 0
 """
 """KEYS: messages, due, hashes, conflicts, the queue list. ARGV: svix id, ledger entry, due
-time, payload hash, task message. (An entry written before hashes were kept has none, and a
-copy of it would be queued again: the worker ignores it as a duplicate.)"""
+time, payload hash, task message, and '1' for a replay (an operator's ``events replay``: queued
+whatever is known of the svix id, its body being the stored one). An entry written before
+hashes were kept has none, and a copy of it would be queued again: the worker ignores it as a
+duplicate."""
 
 ACCEPT_SHA: Final = hashlib.sha1(ACCEPT.encode(), usedforsecurity=False).hexdigest()
 

@@ -130,11 +130,14 @@ class Ledger:
         due_at: float,
         message: tuple[str, str],
         transact: Callable[[Sequence[tuple[Any, ...]]], list[Any]],
+        *,
+        replay: bool = False,
     ) -> Acceptance:
         """Write the ledger entry and push the task ``message`` (queue list, raw message) in
         one transaction (``ThreadConnections.transact``): both or neither, and no worker can
         take the message before its entry is in the ledger. An svix id in the ledger or
-        finished recently is not queued again (``clerk_sync.core.ledger_scripts``)."""
+        finished recently is not queued again (``clerk_sync.core.ledger_scripts``), unless
+        this is a ``replay``."""
         queue_key, raw_message = message
         keys = (
             LEDGER_MESSAGES_KEY,
@@ -144,7 +147,14 @@ class Ledger:
             queue_key,
         )
         entry = _ledger_entry(event)
-        arguments = (event.svix_id, entry, due_at, payload_hash(event.payload), raw_message)
+        arguments = (
+            event.svix_id,
+            entry,
+            due_at,
+            payload_hash(event.payload),
+            raw_message,
+            "1" if replay else "0",
+        )
         try:
             replies = transact([("EVALSHA", scripts.ACCEPT_SHA, len(keys), *keys, *arguments)])
         except redis.ResponseError as error:
