@@ -37,6 +37,7 @@ REQUIRED = {
     "APP_DB_PASSWORD": "compose-test-app-password",
     "REDIS_PASSWORD": "compose-test-redis-password",
     "FLOWER_BASIC_AUTH": "admin:compose-test",
+    "CLERK_SYNC_MESSAGE_SECRET": "compose-test-message-secret-of-32-characters",
 }
 CORE_SERVICES = {"redis", "postgres", "migrate", "ingress", "worker", "beat", "flower"}
 MONITORING = {"prometheus", "grafana"}
@@ -309,6 +310,15 @@ def test_app_services_share_one_image_and_environment(services: dict[str, Any]) 
             "@postgres:5432/clerk_sync"
         )
         assert environment["CLERK_SYNC_WORKSPACE_METADATA_KEY"] == "convexWorkspaceId"
+
+
+def test_the_message_secret_reaches_every_signer_and_not_flower(services: dict[str, Any]) -> None:
+    """Ingress, worker (retries, sweeper) and beat sign task messages with the secret; Flower,
+    which can send tasks, is not given it (what it sends is refused as forged)."""
+    secret = REQUIRED["CLERK_SYNC_MESSAGE_SECRET"]
+    for name in ("ingress", "worker", "beat", "migrate"):
+        assert services[name]["environment"]["CLERK_SYNC_MESSAGE_SECRET"] == secret, name
+    assert services["flower"]["environment"]["CLERK_SYNC_MESSAGE_SECRET"] == ""
 
 
 def test_long_running_services_restart_and_worker_drains(services: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from clerk_sync.core.settings import Settings
 from ingress.metrics import IngressMetrics
 from tests.conftest import REDIS_URL, ROOT
+from workers.authentication import MessageCheck
 from workers.gauges import PipelineGauges
 from workers.metrics import WorkerMetrics
 
@@ -102,7 +103,9 @@ def exported(postgres_url: str) -> set[str]:
     gauges = CollectorRegistry()
     gauges.register(PipelineGauges(Settings(database_url=postgres_url, broker_url=REDIS_URL)))
     names = set(BUILT_IN)
-    for registry in (IngressMetrics().registry, WorkerMetrics().registry, gauges):
+    worker = WorkerMetrics()
+    assert MessageCheck(Settings(), lambda: worker.registry).forged is not None  # registers it
+    for registry in (IngressMetrics().registry, worker.registry, gauges):
         for family in text_string_to_metric_families(generate_latest(registry).decode()):
             names |= {family.name + suffix for suffix in SUFFIXES[family.type]}
     return names
