@@ -7,9 +7,9 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 DEFAULT_DATABASE_URL = "sqlite:///clerk-sync.db"
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
@@ -118,25 +118,86 @@ def positive_number(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+Reader = Callable[[Mapping[str, str], str, Any], Any]
+"""How a setting is read: (environment, its variable, the field's default) → the value; raises
+``SettingsError`` naming the variable."""
+
+
+def text(env: Mapping[str, str], name: str, default: Any) -> Any:
+    """The value, stripped; the default when unset or blank."""
+    return env.get(name, "").strip() or default
+
+
+def whole(minimum: int = 0) -> Reader:
+    """A whole number of at least ``minimum``."""
+    return lambda env, name, default: whole_number(env, name, default, minimum)
+
+
+def optional_whole(minimum: int) -> Reader:
+    """A whole number of at least ``minimum``, or None when unset."""
+    return lambda env, name, _default: optional_whole_number(env, name, minimum)
+
+
+def positive(env: Mapping[str, str], name: str, default: Any) -> Any:
+    """A number greater than 0."""
+    return positive_number(env, name, default)
+
+
+def switch(env: Mapping[str, str], name: str, _default: Any) -> bool:
+    """``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off``; off when unset."""
+    return flag(env, name)
+
+
+def parsed(parse: Callable[[str], Any]) -> Reader:
+    """``parse`` of the raw value ("" when unset)."""
+    return lambda env, name, _default: parse(env.get(name, ""))
+
+
+def database_url(env: Mapping[str, str], name: str, default: Any) -> Any:
+    """A SQLAlchemy URL, PostgreSQL's routed to psycopg 3."""
+    return normalise_database_url(text(env, name, default))
+
+
+def choice(options: Sequence[str], normalise: Callable[[str], str]) -> Reader:
+    """One of ``options``, after ``normalise`` (case)."""
+
+    def read(env: Mapping[str, str], name: str, default: Any) -> Any:
+        value = normalise(env.get(name, "").strip()) or default
+        if value not in options:
+            expected = (
+                " or ".join(repr(option) for option in options)
+                if len(options) == 2
+                else "one of " + ", ".join(options)
+            )
+            raise SettingsError(f"{name}: expected {expected}, got {value!r}")
+        return value
+
+    return read
+
+
 @dataclass(frozen=True)
 class Setting:
     """How an operator sets a ``Settings`` field: the environment variable ``from_env`` reads for
-    it, what it means (one line of Markdown), and, where the field's default does not say it, the
-    default as an operator sees it. ``docs/configuration.md`` is generated from these
-    (``python -m clerk_sync.core.settings_doc``)."""
+    it and how (``read``), what it means (one line of Markdown), and, where the field's default
+    does not say it, the default as an operator sees it. ``docs/configuration.md`` is generated
+    from these (``python -m clerk_sync.core.settings_doc``)."""
 
     variable: str
     meaning: str
     shown_default: str | None = None
+    read: Reader = text
 
 
 SETTING: Final = "clerk_sync.setting"
 """The key of a ``Setting`` in a ``Settings`` field's metadata."""
 
 
-def documented(variable: str, meaning: str, shown_default: str | None = None) -> dict[str, Setting]:
-    """Field metadata naming a setting's environment variable and meaning (see ``Setting``)."""
-    return {SETTING: Setting(variable, meaning, shown_default)}
+def documented(
+    variable: str, meaning: str, shown_default: str | None = None, *, read: Reader = text
+) -> dict[str, Setting]:
+    """Field metadata naming a setting's environment variable, how it is read (``text`` unless
+    said) and what it means (see ``Setting``)."""
+    return {SETTING: Setting(variable, meaning, shown_default, read)}
 
 
 def flag(env: Mapping[str, str], name: str) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Self
 
 from clerk_sync.core.setting_values import (
@@ -22,16 +22,18 @@ from clerk_sync.core.setting_values import (
     Setting,
     SettingsError,
     check_webhook_secret,
+    choice,
+    database_url,
     documented,
-    flag,
-    normalise_database_url,
-    optional_whole_number,
+    optional_whole,
     parse_clerk_api_url,
     parse_clerk_secret_key,
     parse_message_secrets,
     parse_webhook_secrets,
-    positive_number,
-    whole_number,
+    parsed,
+    positive,
+    switch,
+    whole,
 )
 
 __all__ = ["SETTING", "Setting", "Settings", "SettingsError", "parse_webhook_secrets"]
@@ -50,6 +52,7 @@ class Settings:
             "the endpoint's Signing Secret `whsec_…`; several separated by spaces or commas "
             "during a rotation (each is tried)",
             "— (required by the ingress)",
+            read=parsed(parse_webhook_secrets),
         ),
     )
     message_secrets: tuple[str, ...] = field(
@@ -62,12 +65,15 @@ class Settings:
             "`openssl rand -hex 32`; several separated by spaces or commas during a rotation: "
             "the first signs, each verifies). Not needed by Flower or beat",
             "— (required by the ingress and workers; `dev` makes one)",
+            read=parsed(parse_message_secrets),
         ),
     )
     database_url: str = field(
         default=DEFAULT_DATABASE_URL,
         metadata=documented(
-            "DATABASE_URL", "SQLAlchemy URL; `postgresql://…` is routed to psycopg 3"
+            "DATABASE_URL",
+            "SQLAlchemy URL; `postgresql://…` is routed to psycopg 3",
+            read=database_url,
         ),
     )
     broker_url: str = field(
@@ -89,7 +95,9 @@ class Settings:
     max_body_bytes: int = field(
         default=1024 * 1024,
         metadata=documented(
-            "CLERK_SYNC_MAX_BODY_BYTES", "larger bodies get `413` before being read in full"
+            "CLERK_SYNC_MAX_BODY_BYTES",
+            "larger bodies get `413` before being read in full",
+            read=whole(1),
         ),
     )
     body_timeout_seconds: float = field(
@@ -98,6 +106,7 @@ class Settings:
             "CLERK_SYNC_BODY_TIMEOUT_SECONDS",
             "the ingress answers `408` when a request body stops arriving for this long (keep "
             "it below Svix's 15 s)",
+            read=positive,
         ),
     )
     workspace_metadata_key: str = field(
@@ -115,12 +124,15 @@ class Settings:
             "the instance's Backend API secret key `sk_…`, for `clerk-sync reconcile`; sent only "
             "in the `Authorization` header, never logged or printed",
             "— (required by `reconcile`)",
+            read=parsed(parse_clerk_secret_key),
         ),
     )
     clerk_api_url: str = field(
         default=DEFAULT_CLERK_API_URL,
         metadata=documented(
-            "CLERK_API_URL", "base URL of Clerk's Backend API (`/v1/…` paths are appended)"
+            "CLERK_API_URL",
+            "base URL of Clerk's Backend API (`/v1/…` paths are appended)",
+            read=parsed(parse_clerk_api_url),
         ),
     )
     clerk_api_max_requests_per_second: float = field(
@@ -129,6 +141,7 @@ class Settings:
             "CLERK_API_MAX_REQUESTS_PER_SECOND",
             "cap on `reconcile`'s Backend API request rate (see "
             "[Reconciliation](operations.md#reconciliation))",
+            read=positive,
         ),
     )
     reconcile_interval_minutes: int | None = field(
@@ -137,6 +150,7 @@ class Settings:
             "CLERK_SYNC_RECONCILE_INTERVAL_MINUTES",
             "beat runs `reconcile` this often; unset, it only runs by hand",
             "— (never)",
+            read=optional_whole(1),
         ),
     )
     max_retries: int = field(
@@ -144,6 +158,7 @@ class Settings:
         metadata=documented(
             "CLERK_SYNC_MAX_RETRIES",
             "Celery retries of a transiently failing event before it is dead-lettered",
+            read=whole(),
         ),
     )
     retry_backoff_seconds: float = field(
@@ -151,6 +166,7 @@ class Settings:
         metadata=documented(
             "CLERK_SYNC_RETRY_BACKOFF_SECONDS",
             "first retry delay; doubles each time, with jitter",
+            read=positive,
         ),
     )
     retry_backoff_max_seconds: float = field(
@@ -158,6 +174,7 @@ class Settings:
         metadata=documented(
             "CLERK_SYNC_RETRY_BACKOFF_MAX_SECONDS",
             "cap of the retry delay; must be below the visibility timeout",
+            read=positive,
         ),
     )
     visibility_timeout_seconds: int = field(
@@ -165,6 +182,7 @@ class Settings:
         metadata=documented(
             "CLERK_SYNC_VISIBILITY_TIMEOUT_SECONDS",
             "how long Redis waits before redelivering a task a worker took but never acknowledged",
+            read=whole(1),
         ),
     )
     broker_publish_timeout_seconds: float = field(
@@ -172,6 +190,7 @@ class Settings:
         metadata=documented(
             "CLERK_SYNC_BROKER_PUBLISH_TIMEOUT_SECONDS",
             "how long the ingress waits for the broker before answering `503`",
+            read=positive,
         ),
     )
     db_lock_timeout_ms: int = field(
@@ -179,6 +198,7 @@ class Settings:
         metadata=documented(
             "CLERK_SYNC_DB_LOCK_TIMEOUT_MS",
             "PostgreSQL `lock_timeout` for workers; a lock wait beyond it is retried",
+            read=whole(),
         ),
     )
     db_idle_in_transaction_timeout_ms: int = field(
@@ -190,6 +210,7 @@ class Settings:
             "PostgreSQL between statements, by another worker's lock timeout in the middle of a "
             "pipeline (see [worker frozen](operations.md#an-event-in-flight-when-something-fails))"
             "; `0`: never",
+            read=whole(),
         ),
     )
     ledger_redeliver_after_seconds: int = field(
@@ -197,12 +218,15 @@ class Settings:
         metadata=documented(
             "CLERK_SYNC_LEDGER_REDELIVER_AFTER_SECONDS",
             "an accepted event not finished after this long is published again by the sweeper",
+            read=whole(1),
         ),
     )
     ledger_sweep_interval_seconds: int = field(
         default=60,
         metadata=documented(
-            "CLERK_SYNC_LEDGER_SWEEP_INTERVAL_SECONDS", "how often beat runs the sweeper"
+            "CLERK_SYNC_LEDGER_SWEEP_INTERVAL_SECONDS",
+            "how often beat runs the sweeper",
+            read=whole(1),
         ),
     )
     ledger_max_redeliveries: int = field(
@@ -211,6 +235,7 @@ class Settings:
             "CLERK_SYNC_LEDGER_MAX_REDELIVERIES",
             "an event the sweeper has re-published this many times without an outcome is "
             "dead-lettered (`dead` in the inbox, with why) and dropped from the ledger",
+            read=whole(1),
         ),
     )
     purge_after_days: int | None = field(
@@ -221,12 +246,15 @@ class Settings:
             "hourly; a purged event is lost to `clerk-sync rebuild` (see "
             "[Retention](operations.md#retention))",
             "— (never)",
+            read=optional_whole(1),
         ),
     )
     log_format: str = field(
         default="json",
         metadata=documented(
-            "CLERK_SYNC_LOG_FORMAT", "`json` lines for production, `console` for people"
+            "CLERK_SYNC_LOG_FORMAT",
+            "`json` lines for production, `console` for people",
+            read=choice(("json", "console"), str.lower),
         ),
     )
     log_level: str = field(
@@ -235,6 +263,7 @@ class Settings:
             "CLERK_SYNC_LOG_LEVEL",
             "`DEBUG`, `INFO`, `WARNING` or `ERROR`, for the ingress and the workers; `DEBUG` "
             "adds one ingress line per accepted event",
+            read=choice(LOG_LEVELS, str.upper),
         ),
     )
     worker_metrics_port: int = field(
@@ -242,6 +271,7 @@ class Settings:
         metadata=documented(
             "CLERK_SYNC_WORKER_METRICS_PORT",
             "port of each worker's Prometheus endpoint; `0` turns it off",
+            read=whole(),
         ),
     )
     ingress_metrics_port: int = field(
@@ -250,6 +280,7 @@ class Settings:
             "CLERK_SYNC_INGRESS_METRICS_PORT",
             "port of the ingress's Prometheus endpoint, a listener of its own beside the webhook "
             "port (keep it off the public network); `0` turns it off",
+            read=whole(),
         ),
     )
     require_durable_broker: bool = field(
@@ -259,6 +290,7 @@ class Settings:
             "`1`: the ingress refuses to start, and `/readyz` answers `503`, unless the broker's "
             "Redis is known to be durable (`appendonly yes`, `maxmemory-policy noeviction`); "
             "unknown counts as not durable (see [Durable broker](operations.md#durable-broker))",
+            read=switch,
         ),
     )
     allow_untested_versions: bool = field(
@@ -269,6 +301,7 @@ class Settings:
             "billiard, redis-py or hiredis outside the tested minor versions (a warning instead "
             "of a refusal; for `scripts/upgrade-canary`, see "
             "[Upgrades](development.md#upgrades))",
+            read=switch,
         ),
     )
     batch_size: int = field(
@@ -278,6 +311,7 @@ class Settings:
             "most events a worker applies in one database transaction; each pool process also "
             "reserves up to twice this many messages (see [Batches](architecture.md#batches)); "
             "`1` turns batching off (one Celery task per event)",
+            read=whole(1),
         ),
     )
     batch_flush_interval_ms: int = field(
@@ -287,119 +321,24 @@ class Settings:
             "longest a received event waits in the worker's buffer while every pool process is "
             "applying a batch (while one is idle, it waits for nothing); at most a tenth of the "
             "visibility timeout",
+            read=whole(1),
         ),
     )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
         env = os.environ if env is None else env
-        defaults = cls()
         settings = cls(
-            webhook_secrets=parse_webhook_secrets(env.get("CLERK_WEBHOOK_SECRET", "")),
-            message_secrets=parse_message_secrets(env.get("CLERK_SYNC_MESSAGE_SECRET", "")),
-            database_url=normalise_database_url(
-                env.get("DATABASE_URL", "").strip() or DEFAULT_DATABASE_URL
-            ),
-            broker_url=env.get("CELERY_BROKER_URL", "").strip() or DEFAULT_BROKER_URL,
-            broker_filesystem_dir=env.get("CLERK_SYNC_BROKER_DIR", "").strip()
-            or defaults.broker_filesystem_dir,
-            queue_name=env.get("CLERK_SYNC_QUEUE", "").strip() or defaults.queue_name,
-            max_body_bytes=whole_number(
-                env, "CLERK_SYNC_MAX_BODY_BYTES", defaults.max_body_bytes, 1
-            ),
-            body_timeout_seconds=positive_number(
-                env, "CLERK_SYNC_BODY_TIMEOUT_SECONDS", defaults.body_timeout_seconds
-            ),
-            workspace_metadata_key=env.get("CLERK_SYNC_WORKSPACE_METADATA_KEY", "").strip()
-            or defaults.workspace_metadata_key,
-            clerk_secret_key=parse_clerk_secret_key(env.get("CLERK_SECRET_KEY", "")),
-            clerk_api_url=parse_clerk_api_url(env.get("CLERK_API_URL", "")),
-            clerk_api_max_requests_per_second=positive_number(
-                env,
-                "CLERK_API_MAX_REQUESTS_PER_SECOND",
-                defaults.clerk_api_max_requests_per_second,
-            ),
-            reconcile_interval_minutes=optional_whole_number(
-                env, "CLERK_SYNC_RECONCILE_INTERVAL_MINUTES", 1
-            ),
-            max_retries=whole_number(env, "CLERK_SYNC_MAX_RETRIES", defaults.max_retries),
-            retry_backoff_seconds=positive_number(
-                env, "CLERK_SYNC_RETRY_BACKOFF_SECONDS", defaults.retry_backoff_seconds
-            ),
-            retry_backoff_max_seconds=positive_number(
-                env, "CLERK_SYNC_RETRY_BACKOFF_MAX_SECONDS", defaults.retry_backoff_max_seconds
-            ),
-            visibility_timeout_seconds=whole_number(
-                env,
-                "CLERK_SYNC_VISIBILITY_TIMEOUT_SECONDS",
-                defaults.visibility_timeout_seconds,
-                1,
-            ),
-            broker_publish_timeout_seconds=positive_number(
-                env,
-                "CLERK_SYNC_BROKER_PUBLISH_TIMEOUT_SECONDS",
-                defaults.broker_publish_timeout_seconds,
-            ),
-            db_lock_timeout_ms=whole_number(
-                env, "CLERK_SYNC_DB_LOCK_TIMEOUT_MS", defaults.db_lock_timeout_ms
-            ),
-            db_idle_in_transaction_timeout_ms=whole_number(
-                env,
-                "CLERK_SYNC_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
-                defaults.db_idle_in_transaction_timeout_ms,
-            ),
-            ledger_redeliver_after_seconds=whole_number(
-                env,
-                "CLERK_SYNC_LEDGER_REDELIVER_AFTER_SECONDS",
-                defaults.ledger_redeliver_after_seconds,
-                1,
-            ),
-            ledger_sweep_interval_seconds=whole_number(
-                env,
-                "CLERK_SYNC_LEDGER_SWEEP_INTERVAL_SECONDS",
-                defaults.ledger_sweep_interval_seconds,
-                1,
-            ),
-            ledger_max_redeliveries=whole_number(
-                env, "CLERK_SYNC_LEDGER_MAX_REDELIVERIES", defaults.ledger_max_redeliveries, 1
-            ),
-            purge_after_days=optional_whole_number(env, "CLERK_SYNC_PURGE_AFTER_DAYS", 1),
-            log_format=cls._log_format(env),
-            log_level=cls._log_level(env),
-            worker_metrics_port=whole_number(
-                env, "CLERK_SYNC_WORKER_METRICS_PORT", defaults.worker_metrics_port
-            ),
-            batch_size=whole_number(env, "CLERK_SYNC_BATCH_SIZE", defaults.batch_size, 1),
-            batch_flush_interval_ms=whole_number(
-                env, "CLERK_SYNC_BATCH_FLUSH_INTERVAL_MS", defaults.batch_flush_interval_ms, 1
-            ),
-            ingress_metrics_port=whole_number(
-                env, "CLERK_SYNC_INGRESS_METRICS_PORT", defaults.ingress_metrics_port
-            ),
-            require_durable_broker=flag(env, "CLERK_SYNC_REQUIRE_DURABLE_BROKER"),
-            allow_untested_versions=flag(env, "CLERK_SYNC_ALLOW_UNTESTED_VERSIONS"),
+            **{
+                setting.name: setting.metadata[SETTING].read(
+                    env, setting.metadata[SETTING].variable, setting.default
+                )
+                for setting in fields(cls)
+            }
         )
         settings.check_retry_window()
         settings.check_batch_window()
         return settings
-
-    @staticmethod
-    def _log_format(env: Mapping[str, str]) -> str:
-        value = env.get("CLERK_SYNC_LOG_FORMAT", "").strip().lower() or "json"
-        if value not in ("json", "console"):
-            raise SettingsError(
-                f"CLERK_SYNC_LOG_FORMAT: expected 'json' or 'console', got {value!r}"
-            )
-        return value
-
-    @staticmethod
-    def _log_level(env: Mapping[str, str]) -> str:
-        value = env.get("CLERK_SYNC_LOG_LEVEL", "").strip().upper() or "INFO"
-        if value not in LOG_LEVELS:
-            raise SettingsError(
-                f"CLERK_SYNC_LOG_LEVEL: expected one of {', '.join(LOG_LEVELS)}, got {value!r}"
-            )
-        return value
 
     def check_retry_window(self) -> None:
         """A retry countdown longer than the visibility timeout makes Redis redeliver the held
