@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from clerk_sync.core.json_reading import read_payload
+from models.claims import claim_event, claim_events
 from models.database import is_transient, transaction
 from models.events import (
     APPLIED,
@@ -24,8 +25,6 @@ from models.events import (
     EventStatus,
     IncomingEvent,
     Outcome,
-    claim_event,
-    claim_events,
     finish_event,
     finish_events,
     note_failed_attempt,

@@ -7,9 +7,9 @@ from __future__ import annotations
 import logging
 
 from clerk_sync.core.queue import Ledger, QueuedEvent
+from models.claims import give_up
 from models.conflicts import record_conflict
 from models.database import transaction
-from models.events import give_up
 from workers.processing import describe_event
 from workers.runtime import WorkerRuntime
 

@@ -10,8 +10,9 @@ import pytest
 from sqlalchemy import Engine, delete
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from models.claims import claim_events
 from models.database import is_transient
-from models.events import APPLIED, Outcome, claim_events, finish_events
+from models.events import APPLIED, Outcome, finish_events
 from models.tables import organizations
 from tests.factories import (
     BASE_TIME_MS,
