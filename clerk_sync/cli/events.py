@@ -23,6 +23,9 @@ from models.inbox import PURGEABLE, count_purgeable, get_event, list_events, pur
 
 LIST_LIMIT: Final = 50
 REPLAY_BATCH: Final = 100
+REPLAY_CONFIRM_ABOVE: Final = 100
+"""A replay of more events than this asks first (unless --yes): a filter broader than meant
+would make the workers apply every matching event again."""
 
 
 @click.group()
@@ -129,6 +132,11 @@ def show_command(svix_id: str, as_json: bool) -> None:
     help="Events locked, published and recorded per transaction.",
 )
 @click.option("--dry-run", is_flag=True, help="Show what would be replayed; change nothing.")
+@click.option(
+    "--yes",
+    is_flag=True,
+    help=f"Do not ask for confirmation (asked above {REPLAY_CONFIRM_ABOVE} events).",
+)
 def replay_command(
     svix_ids: tuple[str, ...],
     statuses: tuple[str, ...],
@@ -139,6 +147,7 @@ def replay_command(
     organization_id: str | None,
     batch_size: int,
     dry_run: bool,
+    yes: bool,
 ) -> None:
     """Re-enqueue stored events (by SVIX_ID, or by filter) through the worker's task.
 
@@ -175,6 +184,12 @@ def replay_command(
         except SettingsError as error:
             raise click.ClickException(str(error)) from None
         work = events_to_replay(engine, event_filter)
+        if len(work) > REPLAY_CONFIRM_ABOVE and not yes:
+            click.confirm(
+                f"Replay {len(work)} events? Each is applied again (harmless, but the workers "
+                "spend the time); see them first with --dry-run",
+                abort=True,
+            )
         with progress(len(work), "Replaying") as advance:
             result = replay(settings, engine, event_filter, work, batch_size, advance)
     _report_missing(result.missing)

@@ -21,6 +21,7 @@ from click.testing import CliRunner, Result
 from sqlalchemy import Connection, Engine, column, create_engine, insert, select, table, text
 
 from clerk_sync.cli import main
+from clerk_sync.cli.events import REPLAY_CONFIRM_ABOVE
 from clerk_sync.core.message_auth import MessageAuthenticator
 from clerk_sync.core.queue import LEDGER_DUE_KEY, LEDGER_MESSAGES_KEY
 from clerk_sync.core.settings import Settings, SettingsError
@@ -359,6 +360,27 @@ def test_replay_records_and_enqueues_through_the_ledger(
     assert redis_client.zcard(LEDGER_DUE_KEY) == 2
     stored = json.loads(redis_client.hget(LEDGER_MESSAGES_KEY, dead_id) or b"null")
     assert stored[0] == inbox_row(pg_engine, dead_id)["payload"]  # type: ignore[index]
+
+
+def test_a_replay_of_many_events_asks_first(
+    settings: Settings, pg_engine: Engine, redis_client: redis.Redis[bytes]
+) -> None:
+    """Above ``REPLAY_CONFIRM_ABOVE`` events a replay asks (declined: nothing changes); with
+    --yes it does not."""
+    for index in range(REPLAY_CONFIRM_ABOVE + 1):
+        deliver(pg_engine, event("organization.created", organization_data(f"org_{index}")))
+
+    declined = run(settings_env(settings), "events", "replay", "--status", "applied", input="n\n")
+
+    assert declined.exit_code == 1
+    assert f"Replay {REPLAY_CONFIRM_ABOVE + 1} events?" in declined.output
+    assert queue_length(redis_client, settings.queue_name) == 0
+
+    accepted = run(settings_env(settings), "events", "replay", "--status", "applied", "--yes")
+
+    assert accepted.exit_code == 0, accepted.output
+    assert "Replay " not in accepted.output
+    assert queue_length(redis_client, settings.queue_name) == REPLAY_CONFIRM_ABOVE + 1
 
 
 def test_replay_stops_cleanly_when_the_broker_is_down(
