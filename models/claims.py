@@ -42,6 +42,7 @@ def claim_event(connection: Connection, event: IncomingEvent) -> str:
             event_timestamp=event.event_timestamp,
             received_at=event.received_at,
             organization_id=event.organization_id,
+            user_id=event.user_id,
             payload_hash=event.payload_hash,
         )
         .on_conflict_do_nothing(index_elements=[webhook_events.c.svix_id])
@@ -132,6 +133,7 @@ def _record_conflict(connection: Connection, event: IncomingEvent, first_hash: s
         event_timestamp=event.event_timestamp,
         received_at=event.received_at,
         organization_id=event.organization_id,
+        user_id=event.user_id,
     )
 
 
@@ -147,16 +149,16 @@ def give_up(connection: Connection, event: IncomingEvent, reason: str) -> bool:
 
 CLAIM_UNNEST: Final = (
     "INSERT INTO webhook_events (svix_id, event_type, status, attempts, payload, "
-    "event_timestamp, received_at, processed_at, organization_id, payload_hash) "
+    "event_timestamp, received_at, processed_at, organization_id, user_id, payload_hash) "
     "SELECT svix_id, event_type, %(status)b, CAST(%(attempts)b AS integer), payload, "
     "event_timestamp, received_at, CAST(%(processed_at)b AS timestamptz), organization_id, "
-    "payload_hash "
+    "user_id, payload_hash "
     "FROM unnest(CAST(%(svix_ids)b AS text[]), CAST(%(event_types)b AS text[]), "
     "CAST(%(payloads)b AS text[]), CAST(%(event_timestamps)b AS bigint[]), "
     "CAST(%(received_ats)b AS timestamptz[]), CAST(%(organization_ids)b AS text[]), "
-    "CAST(%(payload_hashes)b AS text[])) "
+    "CAST(%(user_ids)b AS text[]), CAST(%(payload_hashes)b AS text[])) "
     "AS incoming(svix_id, event_type, payload, event_timestamp, received_at, organization_id, "
-    "payload_hash) "
+    "user_id, payload_hash) "
     "ORDER BY svix_id "
     "ON CONFLICT (svix_id) DO NOTHING RETURNING svix_id"
 )
@@ -186,6 +188,7 @@ def _insert_new(connection: Connection, events: Sequence[IncomingEvent]) -> list
                 "event_timestamps": [event.event_timestamp for event in events],
                 "received_ats": [event.received_at for event in events],
                 "organization_ids": [event.organization_id for event in events],
+                "user_ids": [event.user_id for event in events],
                 "payload_hashes": [event.payload_hash for event in events],
             },
         )
@@ -204,6 +207,7 @@ def _insert_new(connection: Connection, events: Sequence[IncomingEvent]) -> list
                 "received_at": event.received_at,
                 "processed_at": processed_at,
                 "organization_id": event.organization_id,
+                "user_id": event.user_id,
                 "payload_hash": event.payload_hash,
             }
             for event in events

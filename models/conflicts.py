@@ -42,6 +42,7 @@ def record_conflict(
     event_timestamp: int | None,
     received_at: datetime,
     organization_id: str | None,
+    user_id: str | None = None,
 ) -> bool:
     """Record ``payload``, a body that reused ``svix_id`` (first received with the body hashed
     ``first_hash``, if known), in a row of its own, and log it at ERROR (without the payload).
@@ -65,6 +66,7 @@ def record_conflict(
             received_at=received_at,
             processed_at=datetime.now(UTC),
             organization_id=organization_id,
+            user_id=user_id,
             payload_hash=body_hash,
             conflict_of=svix_id,
         )

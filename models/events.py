@@ -75,6 +75,9 @@ class IncomingEvent:
     event_timestamp: int | None
     organization_id: str | None = None
     """The organization the event concerns, when the payload names one."""
+    user_id: str | None = None
+    """The user the event is about (a user event, or a membership's member), when it names one:
+    how a deleted user's stored payloads are found to erase them."""
     document: Any = field(default=None, compare=False, repr=False)
     """The payload, parsed, if whoever described the event parsed it already (None otherwise):
     a worker reads each payload once, not once per step."""
@@ -206,6 +209,7 @@ def note_failed_attempt(
         event_timestamp=event.event_timestamp,
         received_at=event.received_at,
         organization_id=event.organization_id,
+        user_id=event.user_id,
         payload_hash=event.payload_hash,
     )
     statement = statement.on_conflict_do_update(

@@ -117,6 +117,7 @@ webhook_events = Table(
     Column("last_replayed_at", Timestamp),
     Column("payload_hash", String(64)),
     Column("conflict_of", String(128)),
+    Column("user_id", String(64), index=True),
     Index("ix_webhook_events_status_received_at", "status", "received_at"),
     Index("ix_webhook_events_status_processed_at", "status", "processed_at"),
     Index("ix_webhook_events_received_at", "received_at"),

@@ -148,7 +148,10 @@ def create_celery_app(settings: Settings) -> Celery:
         started = time.perf_counter()
         try:
             status = apply_with_short_retries(
-                runtime.engine, event, settings.workspace_metadata_key
+                runtime.engine,
+                event,
+                settings.workspace_metadata_key,
+                erase_personal_data=settings.erase_on_user_deleted,
             )
         except Exception as error:
             if not is_transient(error):

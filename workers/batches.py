@@ -80,6 +80,7 @@ def process_batch(
                 unique,
                 settings.workspace_metadata_key,
                 wait_for_locks=wait_for_locks,
+                erase_personal_data=settings.erase_on_user_deleted,
             )
             finished = {
                 svix_id: result.status
@@ -139,7 +140,10 @@ def _one_by_one(
             continue
         try:
             finished[event.svix_id] = apply_event(
-                runtime.engine, event, runtime.settings.workspace_metadata_key
+                runtime.engine,
+                event,
+                runtime.settings.workspace_metadata_key,
+                erase_personal_data=runtime.settings.erase_on_user_deleted,
             )
         except Exception as error:  # noqa: BLE001 - retried, or logged with its traceback
             if not is_transient(error):

@@ -8,7 +8,6 @@ from collections import Counter
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine
@@ -29,99 +28,54 @@ from models.events import (
     finish_events,
     note_failed_attempt,
 )
+from models.tombstones import USER
 from models.unit_of_work import UnitOfWork
-from workers.handlers import HANDLERS, Targets, organization_id_of
-from workers.handlers.payloads import PoisonEventError, read_envelope, to_milliseconds
+from workers.describing import describe_event
+from workers.erasure import erase_user
+from workers.handlers import HANDLERS, Targets
+from workers.handlers.payloads import PoisonEventError, read_envelope
 from workers.retries import IN_PROCESS_ATTEMPTS, describe_error, retry_transient
+
+__all__ = [
+    "BatchResult",
+    "IsolationNeededError",
+    "apply_batch",
+    "apply_batch_with_short_retries",
+    "apply_event",
+    "apply_payload",
+    "apply_with_short_retries",
+    "dead_letter",
+    "describe_event",
+    "parse_payload",
+    "parsed",
+    "prepare",
+    "record_retries",
+    "record_retry",
+]
 
 log = logging.getLogger("clerk_sync.worker")
 
-"""Short blips (a dropped connection, a deadlock victim) are retried here before Celery's slower,
-backed-off retries take over."""
 
-
-def describe_event(svix_id: str, payload: str, received_at_ms: int) -> IncomingEvent:
-    """What the inbox records about an event, read as far as the payload allows."""
-    event_type: str | None = None
-    event_timestamp: int | None = None
-    organization_id: str | None = None
-    try:
-        document: Any = read_payload(payload)
-    except ValueError:
-        document = None
-    if isinstance(document, dict):
-        raw_type = document.get("type")
-        # Cut to the column and without NUL, which PostgreSQL text cannot hold: the inbox row
-        # must be writable whatever the payload says.
-        event_type = raw_type.replace("\x00", "")[:128] if isinstance(raw_type, str) else None
-        event_timestamp = _storable_timestamp(document.get("timestamp"))
-        organization_id = organization_of(event_type, document)
-    return IncomingEvent(
-        svix_id=svix_id,
-        payload=payload,
-        received_at=datetime.fromtimestamp(received_at_ms / 1000, UTC),
-        event_type=event_type,
-        event_timestamp=event_timestamp,
-        organization_id=organization_id,
-        document=document,
-    )
-
-
-MAX_ORGANIZATION_ID_LENGTH = 64
-"""``webhook_events.organization_id`` is ``String(64)``, like every organization id column."""
-
-
-def organization_of(event_type: str | None, document: dict[str, Any]) -> str | None:
-    """The organization an event concerns, as its event family reads it (``data.id`` for
-    ``organization.*``, ``data.organization.id`` for ``organizationMembership.*``), else
-    ``data.organization_id`` for types that carry one (invitations, domains): see
-    ``workers.handlers.organization_id_of``. None when absent, or when the value could not be
-    stored (too long, NUL): recording the event matters more than this column.
-    (The 0002 migration backfills stored events with a frozen copy of this function.)"""
-    data = document.get("data")
-    if event_type is None or not isinstance(data, dict):
-        return None
-    candidate = organization_id_of(event_type, data)
-    if (
-        candidate is not None
-        and 0 < len(candidate) <= MAX_ORGANIZATION_ID_LENGTH
-        and "\x00" not in candidate
-    ):
-        return candidate
-    return None
-
-
-BIGINT_RANGE = range(-(2**63), 2**63)
-"""What ``webhook_events.event_timestamp`` (BIGINT) can hold."""
-
-
-def _storable_timestamp(raw: Any) -> int | None:
-    """The envelope time in milliseconds, or None when it is not an integer or would not fit the
-    column. Like the cut-down ``event_type``, this keeps the inbox row writable whatever the
-    payload says: an out-of-range timestamp used to make ``claim_event`` itself fail, so the
-    event was never recorded (nor dead-lettered) and the task failed with a non-transient error.
-    """
-    if not isinstance(raw, int) or isinstance(raw, bool):
-        return None
-    milliseconds = to_milliseconds(raw)
-    return milliseconds if milliseconds in BIGINT_RANGE else None
-
-
-def apply_event(engine: Engine, event: IncomingEvent, workspace_key: str) -> str:
+def apply_event(
+    engine: Engine, event: IncomingEvent, workspace_key: str, *, erase_personal_data: bool = True
+) -> str:
     """Record and apply one event in one transaction; returns its status afterwards.
 
     The mutation runs inside a savepoint, so an event that cannot be applied rolls back alone
     and is committed as ``dead`` together with its error. An event already applied or skipped is
-    left as it is. Transient database errors propagate for the caller to retry.
+    left as it is. Transient database errors propagate for the caller to retry. With
+    ``erase_personal_data``, an event about a deleted user erases what the stored events hold
+    about them (``workers.erasure``).
     """
     with transaction(engine) as connection:
         status = claim_event(connection, event)
         if status in FINISHED:
             log.info("duplicate ignored", extra={**_context(event), "status": status})
             return status
-        outcome, error = apply_payload(
-            UnitOfWork(connection), event.payload, workspace_key, document=event.document
-        )
+        work = UnitOfWork(connection)
+        outcome, error = apply_payload(work, event.payload, workspace_key, document=event.document)
+        if erase_personal_data and outcome == APPLIED:
+            erase_if_deleted(work, event)
         finish_event(connection, event.svix_id, outcome, attempts=1, error=error)
     log.info("event processed", extra={**_context(event), "status": outcome})
     return outcome
@@ -142,6 +96,7 @@ def apply_batch(
     workspace_key: str,
     *,
     wait_for_locks: bool = True,
+    erase_personal_data: bool = True,
 ) -> dict[str, BatchResult]:
     """Record and apply many events (distinct svix ids) in one transaction; returns what became
     of each, by svix id.
@@ -161,8 +116,11 @@ def apply_batch(
     that fails (an event, or such a write) is it rolled back and applied again with a savepoint
     per event, each write on its own.
     """
+    erase = erase_personal_data
     try:
-        return _apply_batch(engine, events, workspace_key, isolated=False, wait=wait_for_locks)
+        return _apply_batch(
+            engine, events, workspace_key, isolated=False, wait=wait_for_locks, erase=erase
+        )
     except Exception as failure:
         if is_transient(failure):
             raise
@@ -170,7 +128,9 @@ def apply_batch(
             "batch applied again with a savepoint per event",
             extra={"events": len(events), "error": describe_error(failure.__cause__ or failure)},
         )
-        return _apply_batch(engine, events, workspace_key, isolated=True, wait=wait_for_locks)
+        return _apply_batch(
+            engine, events, workspace_key, isolated=True, wait=wait_for_locks, erase=erase
+        )
 
 
 def _apply_batch(
@@ -180,6 +140,7 @@ def _apply_batch(
     *,
     isolated: bool,
     wait: bool,
+    erase: bool,
 ) -> dict[str, BatchResult]:
     results: dict[str, BatchResult] = {}
     with transaction(engine) as connection:
@@ -206,6 +167,8 @@ def _apply_batch(
                 status, error = apply_payload(
                     work, event.payload, workspace_key, isolated=isolated, document=document
                 )
+                if erase and status == APPLIED:
+                    erase_if_deleted(work, event)
                 outcomes.append(Outcome(event.svix_id, status, error))
                 results[event.svix_id] = BatchResult(status, duplicate=False)
         finish_events(connection, outcomes, attempts=1, presumed=claims.presumed)
@@ -374,6 +337,13 @@ def dead_letter(engine: Engine, event: IncomingEvent, error: BaseException) -> N
             error="".join(traceback.format_exception(error)),
         )
     log.error("event dead-lettered", extra={**_context(event), "error": describe_error(error)})
+
+
+def erase_if_deleted(work: UnitOfWork, event: IncomingEvent) -> None:
+    """After an event about a user is applied: if the user is deleted (by this event, or an
+    earlier one: a late event is erased too), erase what the stored events hold about them."""
+    if event.user_id is not None and work.tombstone(USER, event.user_id) is not None:
+        erase_user(work.connection, event.user_id)
 
 
 def _context(event: IncomingEvent) -> dict[str, Any]:

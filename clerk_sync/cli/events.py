@@ -20,6 +20,7 @@ from clerk_sync.core.settings import SettingsError
 from models.database import transaction
 from models.events import DEAD
 from models.inbox import PURGEABLE, count_purgeable, get_event, list_events, purge_events
+from models.redaction import count_about
 
 LIST_LIMIT: Final = 50
 REPLAY_BATCH: Final = 100
@@ -240,3 +241,35 @@ def purge_command(older_than: timedelta, include_dead: bool, dry_run: bool, yes:
             )
         purged = purge_events(engine, cutoff, statuses)
     click.echo(f"Purged {purged} {described}")
+
+
+@events.command("redact")
+@click.option("--user", "user_id", required=True, help="The Clerk user id (user_...).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def redact_command(user_id: str, yes: bool) -> None:
+    """Erase a user's personal data from the stored events about them.
+
+    Their user events and the membership events naming them keep ids and times but lose
+    names, email addresses, phone numbers, pictures, metadata and the request's IP address and
+    user agent; they still apply (rebuild converges to the same tables). Done by itself when
+    ``user.deleted`` is applied (CLERK_SYNC_ERASE_ON_USER_DELETED); this is for a request to
+    erase before, or with that setting off. It cannot be undone.
+    """
+    from workers.erasure import erase_user
+
+    settings = load_settings()
+    with database(settings) as engine:
+        with transaction(engine) as connection:
+            found = count_about(connection, user_id)
+        if found == 0:
+            click.echo(f"No stored event is about {user_id}.")
+            return
+        if not yes:
+            click.confirm(
+                f"Erase the personal data of {found} stored event(s) about {user_id}? "
+                "This cannot be undone",
+                abort=True,
+            )
+        with transaction(engine) as connection:
+            erased = erase_user(connection, user_id)
+    click.echo(f"Erased personal data from {erased} of {found} event(s) about {user_id}")

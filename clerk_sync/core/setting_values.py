@@ -143,8 +143,10 @@ def positive(env: Mapping[str, str], name: str, default: Any) -> Any:
     return positive_number(env, name, default)
 
 
-def switch(env: Mapping[str, str], name: str, _default: Any) -> bool:
-    """``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off``; off when unset."""
+def switch(env: Mapping[str, str], name: str, default: Any) -> bool:
+    """``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off``; the default when unset."""
+    if env.get(name, "").strip() == "":
+        return bool(default)
     return flag(env, name)
 
 

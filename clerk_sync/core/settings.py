@@ -283,6 +283,16 @@ class Settings:
             read=whole(),
         ),
     )
+    erase_on_user_deleted: bool = field(
+        default=True,
+        metadata=documented(
+            "CLERK_SYNC_ERASE_ON_USER_DELETED",
+            "`1`: when `user.deleted` is applied, the stored events about that user (its user "
+            "events, and membership events naming it) lose their personal fields (see "
+            "[Personal data](operations.md#personal-data)); `0`: kept until purged",
+            read=switch,
+        ),
+    )
     require_durable_broker: bool = field(
         default=False,
         metadata=documented(

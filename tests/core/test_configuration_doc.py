@@ -26,6 +26,7 @@ SAMPLES = {
     "CLERK_SYNC_LOG_FORMAT": "console",
     "CLERK_SYNC_LOG_LEVEL": "DEBUG",
     "CLERK_SYNC_ALLOW_UNTESTED_VERSIONS": "1",
+    "CLERK_SYNC_ERASE_ON_USER_DELETED": "0",
 }
 """A valid value other than the default, for the variables whose type alone does not give one."""
 

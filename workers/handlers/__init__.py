@@ -12,7 +12,16 @@ from models.locks import lock_keys
 from workers.handlers import memberships, organizations, users
 from workers.handlers.family import EventFamily, Handler
 
-__all__ = ["FAMILIES", "HANDLERS", "EventFamily", "Handler", "Targets", "organization_id_of"]
+__all__ = [
+    "FAMILIES",
+    "HANDLERS",
+    "EventFamily",
+    "Handler",
+    "Targets",
+    "family_named_in",
+    "organization_id_of",
+    "user_id_of",
+]
 
 FAMILIES: Final[dict[str, EventFamily]] = {
     family.name: family for family in (organizations.FAMILY, memberships.FAMILY, users.FAMILY)
@@ -44,6 +53,14 @@ def organization_id_of(event_type: str, data: Mapping[str, Any]) -> str | None:
         return family.organization_id(data)
     candidate = data.get("organization_id")
     return candidate if isinstance(candidate, str) else None
+
+
+def user_id_of(event_type: str, data: Mapping[str, Any]) -> str | None:
+    """The user an event is about, as its family reads it; None for other types."""
+    family = family_named_in(event_type)
+    if family is not None and family.user_id is not None:
+        return family.user_id(data)
+    return None
 
 
 @dataclass

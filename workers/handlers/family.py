@@ -38,5 +38,11 @@ class EventFamily:
     family's own layout names no organization: then ``data.organization_id`` is read, as for the
     types no family applies."""
 
+    user_id: Callable[[Mapping[str, Any]], str | None] | None = None
+    """The user an event's ``data`` is about (a user, a membership's member), if any."""
+    redact: Callable[[dict[str, Any]], None] | None = None
+    """Blank, in place, the personal fields of an event's ``data`` about a deleted user,
+    keeping what applying it needs (ids, times): the event then applies to the same end."""
+
     def event_types(self) -> dict[str, Handler]:
         return {f"{self.name}.{action}": handler for action, handler in self.handlers.items()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from models.memberships import MembershipSnapshot, delete_membership, upsert_membership
 from models.tombstones import ORGANIZATION, ORGANIZATION_MEMBERSHIP, USER
@@ -84,6 +84,29 @@ def organization_id(data: Mapping[str, Any]) -> str | None:
     return MembershipIds.of(data).organization_id or None
 
 
+def member_id(data: Mapping[str, Any]) -> str | None:
+    """``data.public_user_data.user_id``."""
+    return MembershipIds.of(data).user_id or None
+
+
+PERSONAL_MEMBER_FIELDS: Final = (
+    "first_name",
+    "last_name",
+    "identifier",
+    "image_url",
+    "profile_image_url",
+)
+"""What ``public_user_data`` holds about the person (erased to null)."""
+
+
+def redact(data: dict[str, Any]) -> None:
+    member = data.get(MEMBER_KEY)
+    if isinstance(member, dict):
+        for name in PERSONAL_MEMBER_FIELDS:
+            if name in member:
+                member[name] = None
+
+
 def add_targets(targets: TargetSink, action: str, data: Mapping[str, Any]) -> None:
     """The organization and, unless deleted, the member (a deletion takes no user lock)."""
     ids = MembershipIds.of(data)
@@ -108,4 +131,6 @@ FAMILY = EventFamily(
     },
     add_targets=add_targets,
     organization_id=organization_id,
+    user_id=member_id,
+    redact=redact,
 )

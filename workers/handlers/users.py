@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from models.tombstones import USER
 from models.unit_of_work import UnitOfWork
@@ -68,10 +68,46 @@ def add_targets(targets: TargetSink, _action: str, data: Mapping[str, Any]) -> N
         targets.tombstones.add((USER, user_id))
 
 
+PERSONAL_FIELDS: Final[dict[str, Any]] = {
+    "first_name": None,
+    "last_name": None,
+    "username": None,
+    "image_url": None,
+    "profile_image_url": None,
+    "external_id": None,
+    "primary_email_address_id": None,
+    "primary_phone_number_id": None,
+    "primary_web3_wallet_id": None,
+    "email_addresses": [],
+    "phone_numbers": [],
+    "web3_wallets": [],
+    "external_accounts": [],
+    "saml_accounts": [],
+    "passkeys": [],
+    "public_metadata": {},
+    "private_metadata": {},
+    "unsafe_metadata": {},
+}
+"""What a User object holds about the person, and what it is erased to."""
+
+
+def user_id(data: Mapping[str, Any]) -> str | None:
+    """``data.id``: the payload is the user."""
+    return id_in(data, "id") or None
+
+
+def redact(data: dict[str, Any]) -> None:
+    for name, erased in PERSONAL_FIELDS.items():
+        if name in data:
+            data[name] = erased
+
+
 FAMILY = EventFamily(
     name="user",
     handlers={"created": on_user_upserted, "updated": on_user_upserted, "deleted": on_user_deleted},
     add_targets=add_targets,
     # A user is in no one organization: like other types, ``data.organization_id`` if any.
     organization_id=None,
+    user_id=user_id,
+    redact=redact,
 )
