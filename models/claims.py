@@ -33,18 +33,7 @@ def claim_event(connection: Connection, event: IncomingEvent) -> str:
     """
     connection.execute(
         insert_for(connection, webhook_events)
-        .values(
-            svix_id=event.svix_id,
-            event_type=event.event_type,
-            status=RECEIVED,
-            attempts=0,
-            payload=event.payload,
-            event_timestamp=event.event_timestamp,
-            received_at=event.received_at,
-            organization_id=event.organization_id,
-            user_id=event.user_id,
-            payload_hash=event.payload_hash,
-        )
+        .values(**event.row(), status=RECEIVED, attempts=0)
         .on_conflict_do_nothing(index_elements=[webhook_events.c.svix_id])
     )
     row = connection.execute(
@@ -53,7 +42,7 @@ def claim_event(connection: Connection, event: IncomingEvent) -> str:
         .with_for_update()
     ).one()
     if _conflicts(event, row.payload_hash):
-        _record_conflict(connection, event, row.payload_hash)
+        record_conflict_of(connection, event, row.payload_hash)
         return CONFLICT
     return str(row.status)
 
@@ -112,7 +101,7 @@ def claim_events(connection: Connection, events: Sequence[IncomingEvent]) -> Cla
             else:
                 statuses[svix_id] = str(row.status)
     for event, first_hash in conflicts:
-        _record_conflict(connection, event, first_hash)
+        record_conflict_of(connection, event, first_hash)
     return Claims(statuses, presumed)
 
 
@@ -122,7 +111,11 @@ def _conflicts(event: IncomingEvent, recorded_hash: str | None) -> bool:
     return recorded_hash is not None and recorded_hash != event.payload_hash
 
 
-def _record_conflict(connection: Connection, event: IncomingEvent, first_hash: str | None) -> None:
+def record_conflict_of(
+    connection: Connection, event: IncomingEvent, first_hash: str | None
+) -> None:
+    """Record ``event`` as another body under an svix id whose first body won (status
+    ``conflict``; ``first_hash`` is the first body's hash, when known)."""
     record_conflict(
         connection,
         svix_id=event.svix_id,
@@ -197,19 +190,7 @@ def _insert_new(connection: Connection, events: Sequence[IncomingEvent]) -> list
     inserted = connection.execute(
         cached_statement(connection, "claim_events", _insert_new_statement),
         [
-            {
-                "svix_id": event.svix_id,
-                "event_type": event.event_type,
-                "status": APPLIED,
-                "attempts": 1,
-                "payload": event.payload,
-                "event_timestamp": event.event_timestamp,
-                "received_at": event.received_at,
-                "processed_at": processed_at,
-                "organization_id": event.organization_id,
-                "user_id": event.user_id,
-                "payload_hash": event.payload_hash,
-            }
+            {**event.row(), "status": APPLIED, "attempts": 1, "processed_at": processed_at}
             for event in events
         ],
     )

@@ -82,6 +82,20 @@ class IncomingEvent:
     """The payload, parsed, if whoever described the event parsed it already (None otherwise):
     a worker reads each payload once, not once per step."""
 
+    def row(self) -> dict[str, Any]:
+        """The ``webhook_events`` columns the event itself gives (status and the rest are the
+        recorder's)."""
+        return {
+            "svix_id": self.svix_id,
+            "event_type": self.event_type,
+            "payload": self.payload,
+            "event_timestamp": self.event_timestamp,
+            "received_at": self.received_at,
+            "organization_id": self.organization_id,
+            "user_id": self.user_id,
+            "payload_hash": self.payload_hash,
+        }
+
     @cached_property
     def payload_hash(self) -> str:
         """``webhook_events.payload_hash``: the SHA-256 of the payload, in hex."""
@@ -200,17 +214,7 @@ def note_failed_attempt(
 ) -> None:
     """Make a transient failure visible (status stays ``received``) while retries continue."""
     statement = insert_for(connection, webhook_events).values(
-        svix_id=event.svix_id,
-        event_type=event.event_type,
-        status=RECEIVED,
-        attempts=attempts,
-        last_error=error,
-        payload=event.payload,
-        event_timestamp=event.event_timestamp,
-        received_at=event.received_at,
-        organization_id=event.organization_id,
-        user_id=event.user_id,
-        payload_hash=event.payload_hash,
+        **event.row(), status=RECEIVED, attempts=attempts, last_error=error
     )
     statement = statement.on_conflict_do_update(
         index_elements=[webhook_events.c.svix_id],

@@ -42,6 +42,25 @@ SHADOW_SCHEMA: Final = "clerk_sync_rebuild"
 PREVIOUS_SCHEMA: Final = "clerk_sync_previous"
 
 
+class PreviousTablesKeptError(RuntimeError):
+    """An earlier rebuild kept the tables it replaced (something depends on them): another
+    rebuild would have to drop them, and what depends on them with them."""
+
+
+def check_previous_gone(connection: Connection) -> None:
+    """Raise ``PreviousTablesKeptError`` while ``PREVIOUS_SCHEMA`` still holds tables."""
+    kept = connection.execute(
+        text("SELECT count(*) FROM pg_tables WHERE schemaname = :schema"),
+        {"schema": PREVIOUS_SCHEMA},
+    ).scalar_one()
+    if kept:
+        raise PreviousTablesKeptError(
+            f"schema {PREVIOUS_SCHEMA} still holds the tables an earlier rebuild replaced "
+            "(something depends on them): point that at the live tables, drop the schema, "
+            "then rebuild"
+        )
+
+
 def live_schema(connection: Connection) -> str:
     """The schema the application's unqualified table names resolve to."""
     return str(connection.execute(text("SELECT current_schema()")).scalar_one())
@@ -91,8 +110,8 @@ def hold_writers(connection: Connection, live: str) -> None:
 def swap(connection: Connection, live: str) -> None:
     """Move the live synced tables to ``PREVIOUS_SCHEMA`` and the shadow ones into ``live``,
     with the live tables' grants, in the caller's transaction (call ``hold_writers`` first)."""
-    connection.execute(text(f"DROP SCHEMA IF EXISTS {PREVIOUS_SCHEMA} CASCADE"))
-    connection.execute(text(f"CREATE SCHEMA {PREVIOUS_SCHEMA}"))
+    check_previous_gone(connection)
+    connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {PREVIOUS_SCHEMA}"))
     for table in SYNCED_TABLES:
         grants = connection.execute(
             text(

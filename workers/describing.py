@@ -4,6 +4,7 @@ read them). Whatever the payload says, the row stays writable."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,23 +55,26 @@ def organization_of(event_type: str | None, document: dict[str, Any]) -> str | N
     ``workers.handlers.organization_id_of``. None when absent, or when the value could not be
     stored (too long, NUL): recording the event matters more than this column.
     (The 0002 migration backfills stored events with a frozen copy of this function.)"""
-    data = document.get("data")
-    if event_type is None or not isinstance(data, dict):
-        return None
-    candidate = organization_id_of(event_type, data)
-    if candidate is not None and 0 < len(candidate) <= MAX_ID_LENGTH and "\x00" not in candidate:
-        return candidate
-    return None
+    return _storable_id(event_type, document, organization_id_of)
 
 
 def user_of(event_type: str | None, document: dict[str, Any]) -> str | None:
     """The user an event is about, as its family reads it (``workers.handlers.user_id_of``);
     None when absent or not storable. (The 0005 migration backfills stored events with a frozen
     copy of this function.)"""
+    return _storable_id(event_type, document, user_id_of)
+
+
+def _storable_id(
+    event_type: str | None,
+    document: dict[str, Any],
+    read: Callable[[str, Mapping[str, Any]], str | None],
+) -> str | None:
+    """The id ``read`` finds in the event's ``data``, if a column can hold it."""
     data = document.get("data")
     if event_type is None or not isinstance(data, dict):
         return None
-    candidate = user_id_of(event_type, data)
+    candidate = read(event_type, data)
     if candidate is not None and 0 < len(candidate) <= MAX_ID_LENGTH and "\x00" not in candidate:
         return candidate
     return None

@@ -30,6 +30,7 @@ from models.rebuilding import (
     TableChange,
     applied_since,
     carry_tombstones,
+    check_previous_gone,
     clear_live_tables,
     compare,
     copy_for_comparison,
@@ -91,6 +92,7 @@ def _rebuild_beside(
     settings: Settings, engine: Engine, batch_size: int, advance: Advance, dry_run: bool
 ) -> RebuildResult:
     with transaction(engine) as connection:
+        check_previous_gone(connection)
         live = live_schema(connection)
         started = connection.execute(select(func.now())).scalar_one()
         create_shadow(connection)

@@ -7,8 +7,7 @@ from __future__ import annotations
 import logging
 
 from clerk_sync.core.queue import Ledger, QueuedEvent
-from models.claims import give_up
-from models.conflicts import record_conflict
+from models.claims import give_up, record_conflict_of
 from models.database import transaction
 from workers.processing import describe_event
 from workers.runtime import WorkerRuntime
@@ -45,16 +44,6 @@ def record_conflicts(runtime: WorkerRuntime, ledger: Ledger, limit: int) -> int:
     for _key, event in conflicts:
         incoming = describe_event(event.svix_id, event.payload, event.received_at_ms)
         with transaction(runtime.engine) as connection:
-            record_conflict(
-                connection,
-                svix_id=incoming.svix_id,
-                payload=incoming.payload,
-                body_hash=incoming.payload_hash,
-                first_hash=None,
-                event_type=incoming.event_type,
-                event_timestamp=incoming.event_timestamp,
-                received_at=incoming.received_at,
-                organization_id=incoming.organization_id,
-            )
+            record_conflict_of(connection, incoming, first_hash=None)
     ledger.drop_conflicts([key for key, _event in conflicts])
     return len(conflicts)

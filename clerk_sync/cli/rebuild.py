@@ -14,7 +14,7 @@ from models.database import transaction
 from models.events import APPLIED
 from models.inbox import EventFilter, count_events
 from models.locks import LockBusyError
-from models.rebuilding import TableChange, row_counts
+from models.rebuilding import PreviousTablesKeptError, TableChange, row_counts
 
 REBUILD_BATCH: Final = 200
 
@@ -61,6 +61,8 @@ def rebuild_command(yes: bool, dry_run: bool, batch_size: int) -> None:
                 result = rebuild(settings, engine, batch_size, advance, dry_run=dry_run)
         except LockBusyError:
             raise click.ClickException("another rebuild is running") from None
+        except PreviousTablesKeptError as kept:
+            raise click.ClickException(str(kept)) from None
         with transaction(engine) as connection:
             sizes = row_counts(connection)
     if dry_run:

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from clerk_sync.cli import main
 from clerk_sync.core.settings import Settings
-from tests.conftest import WEBHOOK_SECRET, wait_for
+from tests.conftest import MESSAGE_SECRET, WEBHOOK_SECRET, wait_for
 from tests.faults import IngressServer
 
 LISTEN = "0A"
@@ -78,7 +78,10 @@ def test_a_taken_address_stops_start_up_with_one_line() -> None:
         result = CliRunner().invoke(
             main,
             ["ingress", f"--bind=127.0.0.1:{port}"],
-            env={"CLERK_WEBHOOK_SECRET": WEBHOOK_SECRET},
+            env={
+                "CLERK_WEBHOOK_SECRET": WEBHOOK_SECRET,
+                "CLERK_SYNC_MESSAGE_SECRET": MESSAGE_SECRET,
+            },
         )
     assert result.exit_code == 1, result.output
     assert result.output == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use\n"

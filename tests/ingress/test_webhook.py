@@ -65,9 +65,12 @@ def test_valid_event_is_queued_byte_exact(
     assert message.kwargs == {}
 
     assert ledger_ids(redis_client) == {svix_id}
-    stored_payload, stored_received = json.loads(redis_client.hget(LEDGER_MESSAGES_KEY, svix_id))
+    stored_payload, stored_received, stored_mac = json.loads(
+        redis_client.hget(LEDGER_MESSAGES_KEY, svix_id)
+    )
     assert stored_payload == body
     assert stored_received == message.args[2]
+    assert stored_mac == message.args[3], "the entry carries the message's MAC"
 
 
 def test_each_event_is_one_message(

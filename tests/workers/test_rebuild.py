@@ -11,12 +11,13 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine, delete, insert, select, text, update
 
 from clerk_sync.cli import main
 from clerk_sync.core.settings import Settings
-from models.rebuilding import PREVIOUS_SCHEMA, SHADOW_SCHEMA
+from models.rebuilding import PREVIOUS_SCHEMA, SHADOW_SCHEMA, PreviousTablesKeptError
 from models.tables import organization_memberships, organizations, users
 from tests.factories import event, membership_data, organization_data, user_data
 from tests.models.support import (
@@ -188,6 +189,12 @@ def test_grants_follow_the_tables_and_a_view_keeps_the_old_ones(pg_engine: Engin
         assert _schemas(pg_engine) == {PREVIOUS_SCHEMA}
         with pg_engine.connect() as connection:
             assert connection.execute(select(organizations.c.name)).scalar_one() == "First"
+            assert connection.execute(text("SELECT count(*) FROM organization_names")).scalar()
+        # Another rebuild would drop the view with the old tables: it refuses instead.
+        with pytest.raises(PreviousTablesKeptError, match=PREVIOUS_SCHEMA):
+            rebuild(settings_for(pg_engine), pg_engine, 50)
+        with pg_engine.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM organization_names")).scalar()
     finally:
         with pg_engine.begin() as connection:
             connection.execute(text("DROP VIEW IF EXISTS organization_names"))

@@ -108,16 +108,19 @@ def redact(data: dict[str, Any]) -> None:
 
 
 def add_targets(targets: TargetSink, action: str, data: Mapping[str, Any]) -> None:
-    """The organization and, unless deleted, the member (a deletion takes no user lock)."""
+    """The organization and, unless deleted, the member (a deletion takes no user lock). The
+    member's tombstone in any case: whether the member is deleted decides whether the event's
+    stored payload is erased (``workers.erasure``)."""
     ids = MembershipIds.of(data)
     if ids.organization_id:
         targets.organizations.add(ids.organization_id)
         targets.tombstones.add((ORGANIZATION, ids.organization_id))
         if ids.membership_id:
             targets.tombstones.add((ORGANIZATION_MEMBERSHIP, ids.membership_id))
+    if ids.user_id:
+        targets.tombstones.add((USER, ids.user_id))
     if action != "deleted" and ids.user_id:
         targets.users.add(ids.user_id)
-        targets.tombstones.add((USER, ids.user_id))
         if ids.organization_id:
             targets.holders.add((ids.organization_id, ids.user_id))
 
