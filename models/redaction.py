@@ -10,13 +10,15 @@ from sqlalchemy import Connection, bindparam, func, select, update
 from models.tables import webhook_events
 
 
-def payloads_about(connection: Connection, user_id: str) -> list[tuple[str, str | None, str]]:
-    """(svix id, event type, payload) of every stored event about ``user_id``, locked."""
+def payloads_about(
+    connection: Connection, user_ids: Sequence[str]
+) -> list[tuple[str, str | None, str]]:
+    """(svix id, event type, payload) of every stored event about these users. Not locked:
+    nothing else rewrites a stored payload, and erasing is idempotent."""
     rows = connection.execute(
         select(webhook_events.c.svix_id, webhook_events.c.event_type, webhook_events.c.payload)
-        .where(webhook_events.c.user_id == user_id)
+        .where(webhook_events.c.user_id.in_(list(user_ids)))
         .order_by(webhook_events.c.svix_id)
-        .with_for_update()
     )
     return [(row.svix_id, row.event_type, row.payload) for row in rows]
 

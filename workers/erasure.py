@@ -11,24 +11,80 @@ deletes whatever they re-create, so ``rebuild`` converges to the same tables.
 
 from __future__ import annotations
 
-import json
+import logging
+from collections.abc import Sequence
 from typing import Any, Final
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 
 from clerk_sync.core.json_reading import read_payload
+from models.database import transaction
+from models.events import IncomingEvent
 from models.redaction import payloads_about, rewrite_payloads
+from models.statements import dump_json
+from models.tombstones import USER
+from models.unit_of_work import UnitOfWork
 from workers.handlers import family_named_in
+from workers.retries import describe_error
+
+log = logging.getLogger("clerk_sync.worker")
 
 ENVELOPE_PERSONAL: Final = ("client_ip", "user_agent")
 """What ``event_attributes.http_request`` holds about whoever caused the event."""
 
 
+class Erasures:
+    """What the events of one transaction leave to erase. An event about a user deleted before
+    it has its own payload erased in the transaction (its row is the transaction's, claimed and
+    locked). A ``user.deleted`` erases the user's other events after the transaction commits,
+    in one of its own that holds no lock: their rows may be claimed by a concurrent batch
+    waiting for this one's user lock."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.deleted_users: list[str] = []
+        self.rewrites: list[tuple[str, str]] = []
+
+    def note(self, work: UnitOfWork, event: IncomingEvent) -> None:
+        """After ``event`` was applied."""
+        if not self.enabled or event.user_id is None:
+            return
+        if event.event_type == "user.deleted":
+            self.deleted_users.append(event.user_id)
+        elif work.tombstone(USER, event.user_id) is not None:
+            erased = erased_payload(event.event_type, event.payload)
+            if erased is not None and erased != event.payload:
+                self.rewrites.append((event.svix_id, erased))
+
+    def write(self, connection: Connection) -> None:
+        """In the transaction, before it commits."""
+        rewrite_payloads(connection, self.rewrites)
+
+    def after_commit(self, engine: Engine) -> None:
+        """Erase the deleted users' events. A failure is logged (the user's id, never data)
+        and the events keep their payloads until ``clerk-sync events redact --user``."""
+        if not self.deleted_users:
+            return
+        try:
+            with transaction(engine) as connection:
+                erase_users(connection, self.deleted_users)
+        except Exception as error:  # noqa: BLE001 - the events themselves are applied and kept
+            log.error(
+                "personal data of deleted users not erased; run clerk-sync events redact",
+                extra={"user_ids": self.deleted_users, "error": describe_error(error)},
+            )
+
+
 def erase_user(connection: Connection, user_id: str) -> int:
     """Erase the personal data of the stored events about ``user_id``; returns how many
     payloads changed (none when done before: erasing is idempotent)."""
+    return erase_users(connection, [user_id])
+
+
+def erase_users(connection: Connection, user_ids: Sequence[str]) -> int:
+    """``erase_user`` for many users, in one query and one batch of updates."""
     rewritten = []
-    for svix_id, event_type, payload in payloads_about(connection, user_id):
+    for svix_id, event_type, payload in payloads_about(connection, user_ids):
         erased = erased_payload(event_type, payload)
         if erased is not None and erased != payload:
             rewritten.append((svix_id, erased))
@@ -55,4 +111,4 @@ def erased_payload(event_type: str | None, payload: str) -> str | None:
     family = family_named_in(event_type or "")
     if isinstance(data, dict) and family is not None and family.redact is not None:
         family.redact(data)
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+    return dump_json(document)

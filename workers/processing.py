@@ -28,10 +28,9 @@ from models.events import (
     finish_events,
     note_failed_attempt,
 )
-from models.tombstones import USER
 from models.unit_of_work import UnitOfWork
 from workers.describing import describe_event
-from workers.erasure import erase_user
+from workers.erasure import Erasures
 from workers.handlers import HANDLERS, Targets
 from workers.handlers.payloads import PoisonEventError, read_envelope
 from workers.retries import IN_PROCESS_ATTEMPTS, describe_error, retry_transient
@@ -73,10 +72,13 @@ def apply_event(
             log.info("duplicate ignored", extra={**_context(event), "status": status})
             return status
         work = UnitOfWork(connection)
+        erasures = Erasures(erase_personal_data)
         outcome, error = apply_payload(work, event.payload, workspace_key, document=event.document)
-        if erase_personal_data and outcome == APPLIED:
-            erase_if_deleted(work, event)
+        if outcome == APPLIED:
+            erasures.note(work, event)
+            erasures.write(connection)
         finish_event(connection, event.svix_id, outcome, attempts=1, error=error)
+    erasures.after_commit(engine)
     log.info("event processed", extra={**_context(event), "status": outcome})
     return outcome
 
@@ -155,6 +157,7 @@ def _apply_batch(
         outcomes = []
         documents = [parsed(event) for event in pending]
         work = UnitOfWork(connection)
+        erasures = Erasures(erase)
         ready = prepare(work, documents, wait=wait)
         with nullcontext() if isolated else work.writing_together():
             for event, document, is_ready in zip(pending, documents, ready, strict=True):
@@ -167,11 +170,13 @@ def _apply_batch(
                 status, error = apply_payload(
                     work, event.payload, workspace_key, isolated=isolated, document=document
                 )
-                if erase and status == APPLIED:
-                    erase_if_deleted(work, event)
+                if status == APPLIED:
+                    erasures.note(work, event)
                 outcomes.append(Outcome(event.svix_id, status, error))
                 results[event.svix_id] = BatchResult(status, duplicate=False)
+        erasures.write(connection)
         finish_events(connection, outcomes, attempts=1, presumed=claims.presumed)
+    erasures.after_commit(engine)
     _log_batch(events, results)
     return results
 
@@ -337,13 +342,6 @@ def dead_letter(engine: Engine, event: IncomingEvent, error: BaseException) -> N
             error="".join(traceback.format_exception(error)),
         )
     log.error("event dead-lettered", extra={**_context(event), "error": describe_error(error)})
-
-
-def erase_if_deleted(work: UnitOfWork, event: IncomingEvent) -> None:
-    """After an event about a user is applied: if the user is deleted (by this event, or an
-    earlier one: a late event is erased too), erase what the stored events hold about them."""
-    if event.user_id is not None and work.tombstone(USER, event.user_id) is not None:
-        erase_user(work.connection, event.user_id)
 
 
 def _context(event: IncomingEvent) -> dict[str, Any]:
