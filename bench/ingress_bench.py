@@ -95,6 +95,11 @@ def run(context: Context) -> BenchResult:
         if label == "ingress":
             queued = _queue_length(context, queue)
             accepted = outcome.requests - outcome.errors.get("status", 0)
+            if accepted > len(events):
+                raise BenchError(
+                    f"ingress answered {accepted} requests, more than the {len(events)} signed "
+                    "ones: some were copies, which it does not queue (raise signed_requests)"
+                )
             if queued < accepted:
                 raise BenchError(f"ingress answered {accepted} requests but queued {queued}")
         if outcome.error_count:

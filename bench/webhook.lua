@@ -1,29 +1,35 @@
--- wrk script: POST pre-signed Clerk webhooks, cycling through them.
--- Usage: wrk ... -s bench/webhook.lua URL -- REQUESTS_FILE
--- REQUESTS_FILE is a Lua chunk returning { {svix_id, svix_timestamp, svix_signature, body}, ... }
--- written by bench/wrk.py right before the run (Svix timestamps must be within 5 minutes).
+-- wrk script: POST pre-signed Clerk webhooks, each at most once per run.
+-- Usage: wrk ... -s bench/webhook.lua URL -- REQUESTS_FILE THREADS
+-- REQUESTS_FILE has one request a line: svix_id, svix_timestamp, svix_signature and body,
+-- separated by tabs, written by bench/wrk.py right before the run (Svix timestamps must be
+-- within 5 minutes). Thread k of THREADS sends lines k, k + THREADS, ...: the ingress queues an
+-- svix id once, so no two requests of a run share one (after the last line a thread starts
+-- over, and the harness checks that no run got that far).
 
 local requests = {}
 local position = 0
 local threads_set_up = 0
 
 function setup(thread)
+  thread:set("index", threads_set_up)
   threads_set_up = threads_set_up + 1
-  thread:set("offset", threads_set_up * 7919)
 end
 
 function init(args)
-  local signed = dofile(args[1])
-  for i, r in ipairs(signed) do
-    requests[i] = wrk.format("POST", "/webhook/clerk", {
-      ["svix-id"] = r[1],
-      ["svix-timestamp"] = r[2],
-      ["svix-signature"] = r[3],
-      ["Content-Type"] = "application/json",
-    }, r[4])
+  local threads = tonumber(args[2]) or 1
+  local line_number = 0
+  for line in io.lines(args[1]) do
+    if line_number % threads == (index or 0) then
+      local id, timestamp, signature, body = line:match("^([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$")
+      requests[#requests + 1] = wrk.format("POST", "/webhook/clerk", {
+        ["svix-id"] = id,
+        ["svix-timestamp"] = timestamp,
+        ["svix-signature"] = signature,
+        ["Content-Type"] = "application/json",
+      }, body)
+    end
+    line_number = line_number + 1
   end
-  -- Threads start at different places in the list.
-  position = (offset or 0) % #requests
 end
 
 function request()

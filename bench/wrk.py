@@ -47,16 +47,10 @@ def require_wrk() -> None:
         raise BenchError("wrk is not installed (Debian: apt-get install -y wrk)")
 
 
-def _lua_string(text: str) -> str:
-    """``text`` as a Lua long-bracket string literal."""
-    level = 1
-    while f"]{'=' * level}]" in text:
-        level += 1
-    return f"[{'=' * level}[{text}]{'=' * level}]"
-
-
 def write_signed_requests(path: Path, events: Sequence[Event]) -> None:
-    """Sign ``events`` now and write them where ``webhook.lua`` reads them."""
+    """Sign ``events`` now and write them where ``webhook.lua`` reads them: one request a line,
+    svix id, timestamp, signature and body separated by tabs (a compact JSON body holds no tab
+    or newline). The ingress queues each svix id once, so a run must not send one twice."""
     signer = Signer()
     at = datetime.now(UTC)
     rows = []
@@ -68,8 +62,10 @@ def write_signed_requests(path: Path, events: Sequence[Event]) -> None:
             headers["svix-signature"],
             event.body,
         )
-        rows.append("{" + ",".join(_lua_string(value) for value in fields) + "}")
-    path.write_text("return {\n" + ",\n".join(rows) + "\n}\n")
+        if any("\t" in value or "\n" in value for value in fields):
+            raise BenchError("a signed request holds a tab or a newline")
+        rows.append("\t".join(fields))
+    path.write_text("\n".join(rows) + "\n")
 
 
 def run_wrk(
@@ -93,6 +89,7 @@ def run_wrk(
         url,
         "--",
         str(requests_file),
+        str(threads),
     ]
     try:
         result = subprocess.run(

@@ -11,7 +11,6 @@ import base64
 import json
 import os
 import threading
-from collections.abc import Sequence
 from random import getrandbits
 from typing import Any, Final
 
@@ -27,10 +26,6 @@ from kombu.utils.uuid import uuid
 
 from clerk_sync.core.queue import APPLY_EVENT_TASK, QueuedEvent
 from clerk_sync.core.settings import Settings
-
-MULTI: Final = pack_command(("MULTI",))
-EXEC: Final = pack_command(("EXEC",))
-"""The two commands around every accept transaction, in Redis's wire format."""
 
 _process = [0]
 """How many forks this process is from the first one: per-process state (a Redis connection, a
@@ -59,34 +54,28 @@ class ThreadConnections:
         ).connection_pool
         self._local = threading.local()
 
-    def transact(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """Run ``commands`` in one ``MULTI``/``EXEC`` transaction, in one round trip, and
-        return their replies; raise ``redis.ResponseError`` if Redis refused any of them.
+    def run(self, command: tuple[Any, ...]) -> Any:
+        """Run one command (the accept script: a Lua script runs atomically, no ``MULTI``
+        needed) in one round trip and return its reply; raise ``redis.ResponseError`` if Redis
+        refused it. After any failure the connection is closed and opened again by the next."""
+        connection = self._connection()
+        try:
+            connection.send_packed_command([pack_command(command)], check_health=False)
+            reply = connection.read_response()
+        except BaseException:
+            connection.disconnect()
+            raise
+        if isinstance(reply, redis.ResponseError):
+            raise reply
+        return reply
 
-        Redis refuses the whole transaction (``EXECABORT``) when a command cannot be queued,
-        for instance when it is out of memory, so either every command ran or none did. After
-        any failure the connection is closed (its replies may be half read) and opened again by
-        the next transaction."""
+    def _connection(self) -> Any:
         local = self._local
         # A forked child's main thread inherits the parent's thread-local values.
         if getattr(local, "process", None) != _process[0]:
             local.connection = self._pool.make_connection()
             local.process = _process[0]
-        connection = local.connection
-        try:
-            connection.send_packed_command(
-                [b"".join([MULTI, *map(pack_command, commands), EXEC])], check_health=False
-            )
-            for _queued in range(len(commands) + 1):
-                connection.read_response()
-            replies: list[Any] = connection.read_response()
-        except BaseException:
-            connection.disconnect()
-            raise
-        for reply in replies:
-            if isinstance(reply, redis.ResponseError):
-                raise reply
-        return replies
+        return local.connection
 
 
 class RedisTaskMessages:

@@ -63,7 +63,7 @@ class Publisher:
                 event,
                 due_at,
                 self._messages.build(event),
-                self._connections.transact,
+                self._connections.run,
                 replay=replay,
             )
         except BROKER_ERRORS as error:

@@ -129,13 +129,14 @@ class Ledger:
         event: QueuedEvent,
         due_at: float,
         message: tuple[str, str],
-        transact: Callable[[Sequence[tuple[Any, ...]]], list[Any]],
+        run: Callable[[tuple[Any, ...]], Any],
         *,
         replay: bool = False,
     ) -> Acceptance:
         """Write the ledger entry and push the task ``message`` (queue list, raw message) in
-        one transaction (``ThreadConnections.transact``): both or neither, and no worker can
-        take the message before its entry is in the ledger. An svix id in the ledger or
+        one round trip (``ThreadConnections.run``) of one Lua script, which Redis runs without
+        interleaving another client's command: no worker can take the message before its
+        entry is in the ledger. An svix id in the ledger or
         finished recently is not queued again (``clerk_sync.core.ledger_scripts``), unless
         this is a ``replay``."""
         queue_key, raw_message = message
@@ -156,13 +157,13 @@ class Ledger:
             "1" if replay else "0",
         )
         try:
-            replies = transact([("EVALSHA", scripts.ACCEPT_SHA, len(keys), *keys, *arguments)])
+            reply = run(("EVALSHA", scripts.ACCEPT_SHA, len(keys), *keys, *arguments))
         except redis.ResponseError as error:
             # Once per Redis (and after a restart or SCRIPT FLUSH): EVAL caches the script.
             if not isinstance(error, redis.exceptions.NoScriptError):
                 raise
-            replies = transact([("EVAL", scripts.ACCEPT, len(keys), *keys, *arguments)])
-        return Acceptance(int(replies[0]))
+            reply = run(("EVAL", scripts.ACCEPT, len(keys), *keys, *arguments))
+        return Acceptance(int(reply))
 
     def forget(self, svix_ids: Sequence[str]) -> None:
         if not svix_ids:
