@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import Connection, bindparam, delete, func, select, update
 
-from models.tables import webhook_events
+from models.statements import insert_for
+from models.tables import erasure_requests, webhook_events
 
 
 def payloads_about(
@@ -49,3 +51,33 @@ def count_about(connection: Connection, user_id: str) -> int:
             .where(webhook_events.c.user_id == user_id)
         ).scalar_one()
     )
+
+
+def request_erasure(connection: Connection, user_ids: Sequence[str]) -> None:
+    """Note that these deleted users' stored events are to be erased (once each)."""
+    if not user_ids:
+        return
+    now = datetime.now(UTC)
+    statement = insert_for(connection, erasure_requests).on_conflict_do_nothing(
+        index_elements=[erasure_requests.c.user_id]
+    )
+    connection.execute(
+        statement, [{"user_id": user_id, "requested_at": now} for user_id in user_ids]
+    )
+
+
+def take_erasure_requests(connection: Connection, limit: int) -> list[str]:
+    """Up to ``limit`` requested users, oldest first, locked for this transaction (skipping
+    those another transaction holds) and deleted with it: the caller erases them before it
+    commits."""
+    users = list(
+        connection.execute(
+            select(erasure_requests.c.user_id)
+            .order_by(erasure_requests.c.requested_at, erasure_requests.c.user_id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).scalars()
+    )
+    if users:
+        connection.execute(delete(erasure_requests).where(erasure_requests.c.user_id.in_(users)))
+    return users

@@ -100,6 +100,13 @@ tombstones = Table(
     Column("synced_at", Timestamp, nullable=False),
 )
 
+erasure_requests = Table(
+    "erasure_requests",
+    metadata,
+    Column("user_id", String(64), primary_key=True),
+    Column("requested_at", Timestamp, nullable=False),
+)
+
 webhook_events = Table(
     "webhook_events",
     metadata,

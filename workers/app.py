@@ -34,6 +34,7 @@ from models.events import APPLIED, DEAD, FINISHED, event_status
 from workers.authentication import MessageCheck
 from workers.batches import batching_options, pool_optimization, prefetch_multiplier, run_batch
 from workers.dead_letters import DeadLetterError, dead_letter_exception_text
+from workers.erasure import ERASE_TASK, erase_requested
 from workers.processing import (
     apply_with_short_retries,
     dead_letter,
@@ -65,6 +66,11 @@ def celery_configuration(settings: Settings) -> dict[str, Any]:
         "beat_schedule": {
             "sweep-ledger": {
                 "task": SWEEP_LEDGER_TASK,
+                "schedule": timedelta(seconds=settings.ledger_sweep_interval_seconds),
+            },
+            # Deleted users' stored events (requested by ``user.deleted``), off the batches.
+            "erase-deleted-users": {
+                "task": ERASE_TASK,
                 "schedule": timedelta(seconds=settings.ledger_sweep_interval_seconds),
             },
             **purge_schedule(settings),
@@ -183,6 +189,10 @@ def create_celery_app(settings: Settings) -> Celery:
     @app.task(name=SWEEP_LEDGER_TASK, ignore_result=True, shared=False)
     def sweep_ledger() -> int:
         return sweep(runtime, check=check)
+
+    @app.task(name=ERASE_TASK, ignore_result=True, shared=False)
+    def erase_deleted_users() -> int:
+        return erase_requested(runtime.engine)
 
     @app.task(name=PURGE_EVENTS_TASK, ignore_result=True, shared=False)
     def purge_old_events() -> int:

@@ -20,12 +20,16 @@ from sqlalchemy import Connection, Engine
 from clerk_sync.core.json_reading import read_payload
 from models.database import transaction
 from models.events import IncomingEvent
-from models.redaction import payloads_about, rewrite_payloads
+from models.redaction import (
+    payloads_about,
+    request_erasure,
+    rewrite_payloads,
+    take_erasure_requests,
+)
 from models.statements import dump_json
 from models.tombstones import USER
 from models.unit_of_work import UnitOfWork
 from workers.handlers import family_named_in
-from workers.retries import describe_error
 
 log = logging.getLogger("clerk_sync.worker")
 
@@ -36,9 +40,10 @@ ENVELOPE_PERSONAL: Final = ("client_ip", "user_agent")
 class Erasures:
     """What the events of one transaction leave to erase. An event about a user deleted before
     it has its own payload erased in the transaction (its row is the transaction's, claimed and
-    locked). A ``user.deleted`` erases the user's other events after the transaction commits,
-    in one of its own that holds no lock: their rows may be claimed by a concurrent batch
-    waiting for this one's user lock."""
+    locked). A ``user.deleted`` records an erasure request in the transaction; the user's other
+    events are erased by ``erase_requested``, which beat runs every minute
+    (``ERASE_TASK``), in bulk and off the batches' path and locks: rewriting every stored event
+    of a deleted user cost the worker about a tenth of its throughput (``bench/README.md``)."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
@@ -59,20 +64,27 @@ class Erasures:
     def write(self, connection: Connection) -> None:
         """In the transaction, before it commits."""
         rewrite_payloads(connection, self.rewrites)
+        request_erasure(connection, self.deleted_users)
 
-    def after_commit(self, engine: Engine) -> None:
-        """Erase the deleted users' events. A failure is logged (the user's id, never data)
-        and the events keep their payloads until ``clerk-sync events redact --user``."""
-        if not self.deleted_users:
-            return
-        try:
-            with transaction(engine) as connection:
-                erase_users(connection, self.deleted_users)
-        except Exception as error:  # noqa: BLE001 - the events themselves are applied and kept
-            log.error(
-                "personal data of deleted users not erased; run clerk-sync events redact",
-                extra={"user_ids": self.deleted_users, "error": describe_error(error)},
-            )
+
+ERASE_TASK: Final = "clerk_sync.erase_deleted_users"
+ERASE_BATCH: Final = 100
+"""Users erased per transaction."""
+
+
+def erase_requested(engine: Engine) -> int:
+    """Erase the stored events of every user whose erasure was requested, a batch of users per
+    transaction (two workers running it at once take different users); returns how many users.
+    A request is gone only with its erasure committed."""
+    erased = 0
+    while True:
+        with transaction(engine) as connection:
+            users = take_erasure_requests(connection, ERASE_BATCH)
+            if not users:
+                return erased
+            erase_users(connection, users)
+        erased += len(users)
+        log.info("stored events of deleted users erased", extra={"users": len(users)})
 
 
 def erase_user(connection: Connection, user_id: str) -> int:

@@ -78,7 +78,6 @@ def apply_event(
             erasures.note(work, event)
             erasures.write(connection)
         finish_event(connection, event.svix_id, outcome, attempts=1, error=error)
-    erasures.after_commit(engine)
     log.info("event processed", extra={**_context(event), "status": outcome})
     return outcome
 
@@ -176,7 +175,6 @@ def _apply_batch(
                 results[event.svix_id] = BatchResult(status, duplicate=False)
         erasures.write(connection)
         finish_events(connection, outcomes, attempts=1, presumed=claims.presumed)
-    erasures.after_commit(engine)
     _log_batch(events, results)
     return results
 

@@ -1,7 +1,8 @@
-"""Erasing a deleted user's personal data from the stored events: on ``user.deleted`` (on by
-default), for events that arrive late, on demand (``clerk-sync events redact``); the erased
-payloads still rebuild the same tables; the 0005 migration finds the users of events stored
-before it. Real PostgreSQL and SQLite."""
+"""Erasing a deleted user's personal data from the stored events: requested by ``user.deleted``
+(on by default) and done by the periodic erasure beat schedules, for events that arrive late
+as they are applied, on demand (``clerk-sync events redact``); the erased payloads still
+rebuild the same tables; the 0005 migration finds the users of events stored before it. Real
+PostgreSQL and SQLite."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from click.testing import CliRunner
 from sqlalchemy import Engine, create_engine, select, text, update
 
 from clerk_sync.cli import main
+from clerk_sync.core.settings import Settings
 from models.migrate import alembic_config
-from models.tables import webhook_events
+from models.tables import erasure_requests, webhook_events
 from tests.factories import (
     deleted_user_data,
     event,
@@ -31,11 +33,24 @@ from tests.models.support import (
     synced_tables,
     tombstone_rows,
 )
+from workers.app import celery_configuration
+from workers.erasure import ERASE_TASK, erase_requested
 from workers.processing import apply_batch, apply_event, describe_event
 from workers.rebuild import rebuild
 
 PERSONAL = ("Jane", "Tester", "jane.tester@example.com", "203.0.113.10", "Mozilla")
 """What the factories put in a payload about the person (names, address, IP, user agent)."""
+
+
+def requested(engine: Engine) -> list[str]:
+    with engine.connect() as connection:
+        return list(connection.execute(select(erasure_requests.c.user_id)).scalars())
+
+
+def test_beat_runs_the_erasure_every_sweep_interval() -> None:
+    schedule = celery_configuration(Settings())["beat_schedule"]["erase-deleted-users"]
+    assert schedule["task"] == ERASE_TASK
+    assert schedule["schedule"].total_seconds() == Settings().ledger_sweep_interval_seconds
 
 
 def stored(engine: Engine, svix_id: str) -> dict[str, Any]:
@@ -86,7 +101,13 @@ def test_user_deleted_erases_the_personal_data_of_the_stored_events(engine: Engi
 
     deleted = new_svix_id()
     assert deliver(engine, event("user.deleted", deleted_user_data("user_jane")), svix_id=deleted)
+    assert requested(engine) == ["user_jane"]
+    assert "jane.tester@example.com" in stored(engine, ids["created"])["payload"], "not yet"
 
+    assert erase_requested(engine) == 1
+
+    assert requested(engine) == []
+    assert erase_requested(engine) == 0
     for name in ("created", "updated", "joined", "joined_other"):
         erased = stored(engine, ids[name])
         assert not [word for word in PERSONAL if word in erased["payload"]], name
@@ -112,11 +133,10 @@ def test_an_event_about_a_deleted_user_arriving_late_is_erased_too(engine: Engin
 def test_the_erased_events_rebuild_the_same_tables(engine: Engine) -> None:
     history(engine)
     deliver(engine, event("user.deleted", deleted_user_data("user_jane")))
+    assert erase_requested(engine) == 1
     tables, tombstones = synced_tables(engine), tombstone_rows(engine)
     with engine.begin() as connection:  # the events as stored, erased: and the tables lost
         connection.execute(update(webhook_events).values(processed_at=None))
-
-    from clerk_sync.core.settings import Settings
 
     settings = Settings(
         database_url=engine.url.render_as_string(hide_password=False),
@@ -202,6 +222,8 @@ def test_a_batch_erases_too(engine: Engine) -> None:
     results = apply_batch(engine, events, WORKSPACE_KEY)
 
     assert {result.status for result in results.values()} == {"applied"}
+    assert requested(engine) == ["user_jane"]
+    erase_requested(engine)
     for incoming in events:
         assert not [
             word for word in PERSONAL if word in stored(engine, incoming.svix_id)["payload"]
