@@ -111,6 +111,8 @@ def dev(host: str, port: int, data_dir: Path) -> None:
     env["CLERK_SYNC_BROKER_DIR"] = str(broker_dir.resolve())
     env.setdefault("CLERK_SYNC_LOG_FORMAT", "console")
     env.setdefault("CLERK_SYNC_WORKER_METRICS_PORT", "0")
+    # The worker embeds beat (the erasure of deleted users' stored events, the sweeper), soon.
+    env.setdefault("CLERK_SYNC_LEDGER_SWEEP_INTERVAL_SECONDS", "5")
     secret_saved = not env.get("CLERK_WEBHOOK_SECRET", "").strip()
     if secret_saved:
         secret, created = development_secret(data_dir)
@@ -130,7 +132,16 @@ def dev(host: str, port: int, data_dir: Path) -> None:
     upgrade(settings.database_url)
     click.echo(f"Database: {settings.database_url}")
     worker_process = subprocess.Popen(
-        [sys.executable, "-m", "clerk_sync", "worker", "--pool=solo"], env=env
+        [
+            sys.executable,
+            "-m",
+            "clerk_sync",
+            "worker",
+            "--pool=solo",
+            "--beat",
+            f"--schedule={(data_dir / 'beat-schedule').resolve()}",
+        ],
+        env=env,
     )
     click.echo(f"POST Clerk webhooks to {webhook_url(host, port)}")
     click.echo(

@@ -152,7 +152,7 @@ def require_durable_broker(settings: Settings) -> None:
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--concurrency", type=int, default=None, help="Worker processes (default: CPUs).")
-@click.option("--beat/--no-beat", default=False, help="Also run the ledger sweeper schedule.")
+@click.option("--beat/--no-beat", default=False, help="Also run beat (sweeper, erasure, purge).")
 @click.pass_context
 def worker(ctx: click.Context, concurrency: int | None, beat: bool) -> None:
     """Run a Celery worker consuming the event queue (extra options go to Celery)."""

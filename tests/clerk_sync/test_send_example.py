@@ -41,7 +41,13 @@ from clerk_sync.cli.example_payloads import (
 )
 from ingress.app import WEBHOOK_PATH
 from models.events import APPLIED, RECEIVED
-from models.tables import organization_memberships, organizations, tombstones, users
+from models.tables import (
+    erasure_requests,
+    organization_memberships,
+    organizations,
+    tombstones,
+    users,
+)
 from models.tables import webhook_events as events_table
 from models.tombstones import ORGANIZATION, ORGANIZATION_MEMBERSHIP, USER
 from tests.conftest import WEBHOOK_SECRET, wait_for
@@ -167,6 +173,11 @@ def test_every_example_is_accepted_applied_and_in_the_tables(dev: Dev) -> None:
         (USER, JOHN_ID),
         (ORGANIZATION, OLD_ORGANIZATION_ID),
     }
+    # dev's worker embeds beat: John's deletion is erased from the stored events soon.
+    wait_for(lambda: dev.rows(select(erasure_requests.c.user_id)) == [], 60)
+    john_left = dev.rows(select(events_table.c.payload).where(events_table.c.user_id == JOHN_ID))
+    assert john_left
+    assert not [payload for (payload,) in john_left if "Leaver" in payload]
 
 
 @pytest.mark.worker
