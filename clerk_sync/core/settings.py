@@ -60,10 +60,8 @@ class Settings:
         repr=False,
         metadata=documented(
             "CLERK_SYNC_MESSAGE_SECRET",
-            "key of the MAC that the ingress, sweeper, retries and replay put on each task "
-            "message; workers apply no message without it (at least 32 characters, e.g. "
-            "`openssl rand -hex 32`; several separated by spaces or commas during a rotation: "
-            "the first signs, each verifies). Not needed by Flower or beat",
+            "key of the MAC on every task message; workers apply no message without it (32+ "
+            "characters: `openssl rand -hex 32`; in a rotation several, the first signs)",
             "— (required by the ingress and workers; `dev` makes one)",
             read=parsed(parse_message_secrets),
         ),
@@ -205,11 +203,10 @@ class Settings:
         default=60_000,
         metadata=documented(
             "CLERK_SYNC_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
-            "a worker session that has waited this long for its client inside a transaction (a "
-            "frozen or cut-off worker) is ended, releasing the organization locks it holds: by "
-            "PostgreSQL between statements, by another worker's lock timeout in the middle of a "
-            "pipeline (see [worker frozen](operations.md#an-event-in-flight-when-something-fails))"
-            "; `0`: never",
+            "a worker session waiting this long for its client inside a transaction (a frozen "
+            "worker) is ended, releasing its organization locks: by PostgreSQL between "
+            "statements, by another worker's lock timeout mid-pipeline "
+            "([worker frozen](operations.md#an-event-in-flight-when-something-fails)); `0`: never",
             read=whole(),
         ),
     )
@@ -287,9 +284,8 @@ class Settings:
         default=True,
         metadata=documented(
             "CLERK_SYNC_ERASE_ON_USER_DELETED",
-            "`1`: when `user.deleted` is applied, the stored events about that user (its user "
-            "events, and membership events naming it) lose their personal fields (see "
-            "[Personal data](operations.md#personal-data)); `0`: kept until purged",
+            "`1`: `user.deleted` has the stored events about that user erased of personal data "
+            "([Personal data](operations.md#personal-data)); `0`: kept until purged",
             read=switch,
         ),
     )
@@ -297,9 +293,9 @@ class Settings:
         default=False,
         metadata=documented(
             "CLERK_SYNC_REQUIRE_DURABLE_BROKER",
-            "`1`: the ingress refuses to start, and `/readyz` answers `503`, unless the broker's "
-            "Redis is known to be durable (`appendonly yes`, `maxmemory-policy noeviction`); "
-            "unknown counts as not durable (see [Durable broker](operations.md#durable-broker))",
+            "`1`: the ingress refuses to start, and `/readyz` answers `503`, unless Redis is "
+            "known durable (`appendonly yes`, `maxmemory-policy noeviction`; unknown is not: "
+            "[Durable broker](operations.md#durable-broker))",
             read=switch,
         ),
     )
@@ -346,22 +342,18 @@ class Settings:
                 for setting in fields(cls)
             }
         )
-        settings.check_retry_window()
-        settings.check_batch_window()
+        settings.check_visibility_window()
         return settings
 
-    def check_retry_window(self) -> None:
-        """A retry countdown longer than the visibility timeout makes Redis redeliver the held
-        task to a second worker, so the backoff cap must stay inside it."""
+    def check_visibility_window(self) -> None:
+        """What a worker holds unacknowledged must come back before the visibility timeout, or
+        Redis hands it to a second worker: a retry's countdown (capped by the backoff) and a
+        buffered message's wait (the flush interval, kept far below: a tenth)."""
         if self.retry_backoff_max_seconds >= self.visibility_timeout_seconds:
             raise SettingsError(
                 "CLERK_SYNC_RETRY_BACKOFF_MAX_SECONDS must be smaller than "
                 "CLERK_SYNC_VISIBILITY_TIMEOUT_SECONDS"
             )
-
-    def check_batch_window(self) -> None:
-        """Messages a worker holds in its buffer are unacknowledged and count against the
-        visibility timeout: the flush interval must stay far below it."""
         if self.batch_flush_interval_ms * 10 > self.visibility_timeout_seconds * 1000:
             raise SettingsError(
                 "CLERK_SYNC_BATCH_FLUSH_INTERVAL_MS must be at most a tenth of "
