@@ -2,13 +2,47 @@
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from sqlalchemy import Connection, Engine, text
 
+from clerk_sync.core.settings import Settings
 from tests.clerk_api import FakeClerk
+from tests.conftest import FLOWER_AUTH, start_flower, wait_for
+from tests.servers import free_port, stop_process
+
+
+def flower_get(port: int, path: str) -> Any:
+    """A document of Flower's API (with basic auth), or None when it does not answer 200."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", headers={"Authorization": FLOWER_AUTH}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return json.loads(response.read())
+    except OSError:
+        return None
+
+
+@pytest.fixture
+def flower(settings: Settings, redis_client: redis.Redis[bytes], tmp_path: Path) -> Iterator[int]:
+    """A real Flower with basic auth (and no message secret), subscribed to task events;
+    yields its port."""
+    port = free_port()
+    patterns_before = redis_client.pubsub_numpat()
+    process = start_flower(settings, port, tmp_path / "flower.log")
+    try:
+        wait_for(lambda: flower_get(port, "/api/tasks") is not None, 60, 0.2)
+        wait_for(lambda: redis_client.pubsub_numpat() > patterns_before, 60)
+        yield port
+    finally:
+        stop_process(process)
 
 
 @pytest.fixture

@@ -5,51 +5,23 @@ shows name the svix id and event type, never the payload."""
 from __future__ import annotations
 
 import json
-import urllib.request
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from sqlalchemy import Engine
 
 from clerk_sync.core.settings import Settings
-from tests.conftest import FLOWER_AUTH, Send, inbox_row, start_flower, wait_for
+from tests.conftest import Send, inbox_row, wait_for
 from tests.factories import event, membership_data, organization_data
-from tests.servers import free_port, stop_process
+from tests.workers.conftest import flower_get
 
 pytestmark = pytest.mark.worker
-
-
-def flower_get(port: int, path: str) -> Any:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}", headers={"Authorization": FLOWER_AUTH}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=2) as response:
-            return json.loads(response.read())
-    except OSError:
-        return None
 
 
 def flower_tasks(port: int, state: str) -> dict[str, dict[str, Any]]:
     tasks: dict[str, dict[str, Any]] | None = flower_get(port, f"/api/tasks?state={state}")
     return tasks or {}
-
-
-@pytest.fixture
-def flower(settings: Settings, redis_client: redis.Redis[bytes], tmp_path: Path) -> Iterator[int]:
-    port = free_port()
-    patterns_before = redis_client.pubsub_numpat()
-    process = start_flower(settings, port, tmp_path / "flower.log")
-    try:
-        wait_for(lambda: flower_get(port, "/api/tasks") is not None, 60, 0.2)
-        wait_for(lambda: redis_client.pubsub_numpat() > patterns_before, 60)
-        yield port
-    finally:
-        stop_process(process)
 
 
 @pytest.mark.parametrize("batch_size", [100, 1], ids=["batches", "one-task-per-event"])

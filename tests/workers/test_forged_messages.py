@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -41,11 +39,11 @@ from tests.conftest import (
     Send,
     inbox_row,
     queue_length,
-    start_flower,
     wait_for,
 )
 from tests.factories import body_of, event, new_svix_id, organization_data
-from tests.servers import answers, free_port, metric_samples, stop_process
+from tests.servers import answers, free_port, metric_samples
+from tests.workers.conftest import flower_get
 from workers.app import create_celery_app, sweep
 from workers.replay import replay
 
@@ -79,35 +77,9 @@ def log_records(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
-def flower_get(port: int, path: str) -> Any:
-    """A document of Flower's API (with basic auth), or None when it does not answer 200."""
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}", headers={"Authorization": FLOWER_AUTH}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=2) as response:
-            return json.loads(response.read())
-    except OSError:
-        return None
-
-
 def flower_task(port: int, task_id: str) -> dict[str, Any] | None:
     task: dict[str, Any] | None = flower_get(port, f"/api/task/info/{task_id}")
     return task
-
-
-@pytest.fixture
-def flower(settings: Settings, redis_client: redis.Redis[bytes], tmp_path: Path) -> Iterator[int]:
-    """A real Flower with basic auth (and no message secret), subscribed to task events."""
-    port = free_port()
-    patterns_before = redis_client.pubsub_numpat()
-    process = start_flower(settings, port, tmp_path / "flower.log")
-    try:
-        wait_for(lambda: flower_get(port, "/api/tasks") is not None, 60, 0.2)
-        wait_for(lambda: redis_client.pubsub_numpat() > patterns_before, 60)
-        yield port
-    finally:
-        stop_process(process)
 
 
 def test_macs_sign_with_the_first_secret_and_verify_with_any() -> None:
