@@ -12,14 +12,19 @@ from sqlalchemy import (
     Connection,
     Row,
     Select,
+    Table,
+    Text,
     TextClause,
     and_,
+    any_,
     bindparam,
+    cast,
     or_,
     select,
     text,
     tuple_,
 )
+from sqlalchemy.dialects import postgresql
 
 from models.tables import organization_memberships, organizations, tombstones
 from models.tombstones import Tombstone, tombstone_of
@@ -170,6 +175,27 @@ def organization_versions_of(
             rows = connection.execute(_VERSIONS, {"p_ids": chunk})
         found.update((row.id, (row.updated_at,)) for row in rows)
     return found
+
+
+def stored_rows(
+    connection: Connection, table: Table, ids: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """The stored rows (column → value) of these ids, of a table keyed by ``id``, a few
+    hundred ids per query."""
+    wanted = sorted({value for value in ids if "\x00" not in value})
+    found: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(wanted), KEYS_PER_QUERY):
+        chunk = wanted[start : start + KEYS_PER_QUERY]
+        if connection.dialect.name == "postgresql":
+            statement = select(table).where(table.c.id == any_(cast(bindparam("p_ids"), _TEXTS)))
+        else:
+            statement = select(table).where(table.c.id.in_(bindparam("p_ids", expanding=True)))
+        for row in connection.execute(statement, {"p_ids": chunk}).mappings():
+            found[row["id"]] = dict(row)
+    return found
+
+
+_TEXTS: Final = postgresql.ARRAY(Text())
 
 
 def _rows_for_pairs(

@@ -14,8 +14,12 @@ read and written; the unit of work decides *when*, and what it can answer withou
   queued (``models.write_queue``) and written with one statement per table when the block
   ends, or before any statement that reads the table or deletes from it by another column.
 
+- **Repair.** Reconcile reads the stored rows of a page first (``read_rows``); with
+  ``repair``, an upsert at the *same* version whose content differs from that row overwrites
+  it (Clerk's copy wins: content drift that no version change would ever heal).
+
 Built on a bare connection, a unit of work remembers nothing and writes everything at once:
-that is how single events, reconcile and the tests use the rules.
+that is how single events and the tests use the rules.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from models.lookups import (
     find_two_tombstones,
     holders_of,
     organization_versions_of,
+    stored_rows,
     tombstones_of,
 )
 from models.statements import bound
@@ -56,11 +61,16 @@ Pair = tuple[str, str]
 class UnitOfWork:
     """The reads and writes of one transaction's mutations (see the module docstring)."""
 
-    def __init__(self, connection: Connection, *, alone: bool = False) -> None:
+    def __init__(
+        self, connection: Connection, *, alone: bool = False, repair: bool = False
+    ) -> None:
         """``alone``: nothing else writes the tables this transaction writes (a rebuild's
-        shadow tables), so no lock is taken."""
+        shadow tables), so no lock is taken. ``repair``: see the module docstring."""
         self.connection = connection
         self._alone = alone
+        self._repair = repair
+        self._rows: dict[str, dict[str, dict[str, Any]]] = {}
+        """Table → id → the stored row, for the rows read with ``read_rows``."""
         self._held: set[str] = set()
         self._tombstones: dict[Pair, Tombstone | None] | None = None
         """(entity_type, entity_id) → its tombstone or None, for the entities read ahead."""
@@ -109,12 +119,24 @@ class UnitOfWork:
             self.connection, organization_ids
         )
 
+    def read_rows(self, kind: Versioned, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Read the stored rows of these ids in one query and return them (id → row); call it
+        holding their locks. Their versions are then known, so an upsert of a version these rows
+        hold already is skipped without a statement (or, with ``repair``, compared)."""
+        found = stored_rows(self.connection, kind.table, ids)
+        self._rows.setdefault(kind.name, {}).update(found)
+        versions = self._versions.setdefault(kind.name, {})
+        for key, row in found.items():
+            versions[key] = kind.version_of(row)
+        return found
+
     def rolled_back(self) -> None:
         """A savepoint rolled back: what its writes established is undone, so forget all that
         was read ahead or noted (it is read again, from the database, as needed)."""
         for known in (self._tombstones, self._holders, *self._versions.values()):
             if known is not None:
                 known.clear()
+        self._rows.clear()
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -154,6 +176,8 @@ class UnitOfWork:
         versions = self._versions.get(kind.name)
         known = None if versions is None else versions.get(key)
         if known is not None and version <= known:
+            if version == known and self._drifted(kind, values):
+                return self._overwrite(kind, values)
             return False  # the row holds this version, or a newer one, already
         if self._queue is not None:
             written = self._queue.add_row(
@@ -164,11 +188,35 @@ class UnitOfWork:
             written = self.connection.execute(statement, bound(values)).first() is not None
         if versions is not None:
             versions[key] = version  # newer than ``known``: the row holds it, or will
-        if written and kind.table is organization_memberships:
+        self._written(kind, values, written)
+        return written
+
+    def _drifted(self, kind: Versioned, values: dict[str, Any]) -> bool:
+        """With ``repair``: whether the row read for ``values``' id differs from them (its
+        ``synced_at`` aside)."""
+        stored = self._rows.get(kind.name, {}).get(values["id"]) if self._repair else None
+        return stored is not None and any(
+            stored.get(name) != value for name, value in values.items() if name != "synced_at"
+        )
+
+    def _overwrite(self, kind: Versioned, values: dict[str, Any]) -> bool:
+        """Write ``values`` over the stored row of the same version, at once (rare: drift)."""
+        self._write_queued(kind.name)
+        statement = kind.repair_one(self.connection)
+        written = self.connection.execute(statement, bound(values)).first() is not None
+        self._written(kind, values, written)
+        return written
+
+    def _written(self, kind: Versioned, values: dict[str, Any], written: bool) -> None:
+        if not written:
+            return
+        rows = self._rows.get(kind.name)
+        if rows is not None and values["id"] in rows:
+            rows[values["id"]] = values
+        if kind.table is organization_memberships:
             # The row now holds this pair, and no longer the pair it held (should it have moved).
             pair = (values["organization_id"], values["user_id"])
             self._forget_holders(lambda key, holders: key == pair or _holds(holders, values["id"]))
-        return written
 
     def replace(self, kind: Versioned, old_id: str, values: dict[str, Any]) -> bool:
         """Delete the row ``old_id`` (buried already) and upsert ``values`` in its place: the

@@ -39,6 +39,11 @@ class Versioned:
         not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT DO UPDATE)."""
         return cached_statement(connection, f"upsert_one:{self.name}", self._build_one)
 
+    def repair_one(self, connection: Connection) -> Any:
+        """``upsert_one`` that also overwrites a stored row holding the *same* version (content
+        drift: reconcile makes Clerk's copy win), never a newer one."""
+        return cached_statement(connection, f"repair_one:{self.name}", self._build_repair)
+
     def upsert_many(self, connection: Connection) -> Any:
         """Upsert many rows (``rows_parameters``) in one statement."""
         return cached_statement(connection, f"upsert_many:{self.name}", self._build_many)
@@ -71,14 +76,22 @@ class Versioned:
     def _build_many(self, connection: Connection) -> Any:
         return self._guarded(insert_rows(connection, self.table, self.columns))
 
-    def _guarded(self, statement: Any) -> Any:
-        """Insert, or overwrite a row holding an older version."""
+    def _build_repair(self, connection: Connection) -> Any:
+        statement = self._guarded(insert_row(connection, self.table, self.columns), or_equal=True)
+        return statement.returning(self.table.c.id)
+
+    def _guarded(self, statement: Any, *, or_equal: bool = False) -> Any:
+        """Insert, or overwrite a row holding an older version (``or_equal``: or the same)."""
         incoming = statement.excluded
         stored = [self.table.c[name] for name in self.version]
+        versions = [incoming[name] for name in self.version]
+        older = _older(stored, versions)
+        if or_equal:
+            older = or_(older, and_(*(a == b for a, b in zip(stored, versions, strict=True))))
         return statement.on_conflict_do_update(
             index_elements=[self.table.c.id],
             set_={name: incoming[name] for name in self.columns if name != "id"},
-            where=_older(stored, [incoming[name] for name in self.version]),
+            where=older,
         )
 
     def _build_delete(self, _connection: Connection) -> Any:

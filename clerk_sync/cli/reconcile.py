@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -14,23 +15,40 @@ from clerk_sync.core.settings import SettingsError
 
 
 class ProgressBars:
-    """A click progress bar per phase on a terminal (stderr, so stdout stays parseable)."""
+    """A click progress bar per phase on a terminal (stderr, so stdout stays parseable), with
+    the rows per second and the time left (ETA). Off a terminal, the run logs both every few
+    seconds instead."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
         self._bar: Any = None
+        self._started = 0.0
+        self._rows = 0
 
     def begin(self, phase: str, total: int | None, done: int) -> None:
         self.end()
         if total is None or total <= 0 or not self._stream.isatty():
             return
-        self._bar = click.progressbar(length=total, label=f"{phase:<30}", file=self._stream)
+        self._started = time.monotonic()
+        self._rows = 0
+        self._bar = click.progressbar(
+            length=total,
+            label=f"{phase:<30}",
+            file=self._stream,
+            show_eta=True,
+            item_show_func=self._rate,
+        )
         self._bar.__enter__()
         self._bar.update(min(done, total))
 
     def advance(self, steps: int) -> None:
         if self._bar is not None:
+            self._rows += steps
             self._bar.update(steps)
+
+    def _rate(self, _item: object) -> str:
+        elapsed = time.monotonic() - self._started
+        return f"{self._rows / elapsed:,.0f} rows/s" if elapsed > 0 and self._rows else ""
 
     def end(self) -> None:
         if self._bar is not None:
@@ -127,4 +145,9 @@ def format_report(report: dict[str, Any]) -> str:
     for name, counts in report["counts"].items():
         lines.append(f"{name:<{width}}" + "".join(f"{counts[o]:>11}" for o in OUTCOMES))
     lines.append(f"{report['requests']} Backend API request(s)")
+    if report.get("listed"):
+        lines.append(
+            f"{report['listed']:,} object(s) listed in {report['seconds']:,.1f} s "
+            f"({report['rows_per_second']:,.0f} rows/s)"
+        )
     return "\n".join(lines)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -48,7 +49,8 @@ class _RetryableResponseError(Exception):
 
 class RateLimiter:
     """Spaces calls at least ``1 / per_second`` apart (a token bucket of one token), and
-    holds every call back while Clerk has asked us to wait."""
+    holds every call back while Clerk has asked us to wait. Thread-safe: the listing's
+    read-ahead threads share one limiter."""
 
     def __init__(
         self,
@@ -63,16 +65,19 @@ class RateLimiter:
         self._clock = clock
         self._sleep = sleep
         self._next = clock()
+        self._lock = threading.Lock()
 
     def wait(self) -> None:
-        now = self._clock()
-        if now < self._next:
-            self._sleep(self._next - now)
-            now = self._next
-        self._next = now + self.interval
+        with self._lock:
+            now = self._clock()
+            start = max(now, self._next)
+            self._next = start + self.interval
+        if start > now:
+            self._sleep(start - now)
 
     def pause(self, seconds: float) -> None:
-        self._next = max(self._next, self._clock() + seconds)
+        with self._lock:
+            self._next = max(self._next, self._clock() + seconds)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -133,6 +138,7 @@ class ClerkAPI:
         self.max_retry_after_seconds = max_retry_after_seconds
         self.requests = 0
         """Requests sent, retries included."""
+        self._count_lock = threading.Lock()
 
     def close(self) -> None:
         self._client.close()
@@ -224,7 +230,8 @@ class ClerkAPI:
 
     def _get_once(self, path: str, params: Mapping[str, Any] | None, missing_ok: bool) -> Any:
         self.limiter.wait()
-        self.requests += 1
+        with self._count_lock:
+            self.requests += 1
         response = self._client.get(path, params=params)
         status = response.status_code
         if status == 404 and missing_ok:

@@ -22,6 +22,7 @@ from typing import Any, Final
 from workers.reconcile.errors import ReconcileError
 from workers.reconcile.phases import PHASES
 from workers.reconcile.report import OUTCOMES, Counts
+from workers.reconcile.seen import SeenIds
 
 JOURNAL_VERSION: Final = 1
 
@@ -36,10 +37,15 @@ class Checkpoint:
     offsets: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PHASES, 0))
     listed: set[str] = field(default_factory=set)
     swept: set[str] = field(default_factory=set)
-    seen: dict[str, set[str]] = field(default_factory=lambda: {p: set() for p in PHASES})
+    seen: dict[str, SeenIds] = field(init=False)
+    """The ids listed per phase (compact: ``workers.reconcile.seen``)."""
     checked: dict[str, set[str]] = field(default_factory=lambda: {p: set() for p in PHASES})
     counts: dict[str, Counts] = field(default_factory=lambda: {p: Counts() for p in PHASES})
     resumed: bool = False
+
+    def __post_init__(self) -> None:
+        key = self.started_at.isoformat()
+        self.seen = {phase: SeenIds(key) for phase in PHASES}
 
     def apply(self, record: Mapping[str, Any]) -> None:
         kind, phase = record.get("record"), record.get("phase")

@@ -16,9 +16,12 @@ was not listed is deleted and tombstoned, with three guards, because a tombstone
   ``MASS_DELETION_MINIMUM``) would go, the run stops before deleting anything of that type,
   unless allowed: a wrong ``CLERK_SECRET_KEY`` (another instance) must not empty the tables.
 
-Each object is applied in a transaction of its own (a page-long transaction would hold many
-organization and user locks at once and deadlock against the workers); ``dry_run`` rolls every
-one back, so it reports what would change and changes nothing.
+Pages are read ahead while the previous ones are written (``prefetch``), and each page is
+written in one transaction through the worker's unit of work (``pages``): its locks taken up
+front in the workers' global order, so it cannot deadlock with them. ``dry_run`` rolls every
+page back, so it reports what would change and changes nothing. Memory stays flat with the
+instance's size: a few pages in flight, the listed ids as 8-byte hashes (``seen``), and the
+stored ids compared in keyset-ordered chunks.
 """
 
 from __future__ import annotations
@@ -26,28 +29,26 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
-from sqlalchemy import Connection, Engine, Table, select
+from sqlalchemy import Engine, Table, select
 
 from models.locks import LockBusyError, hold_session_lock
-from models.memberships import remove_membership, upsert_membership
-from models.organizations import delete_organization, upsert_organization
-from models.tables import organization_memberships, organizations, users
+from models.memberships import remove_membership
+from models.organizations import delete_organization
+from models.tables import organization_memberships
 from models.unit_of_work import UnitOfWork
-from models.users import delete_user, upsert_user
-from workers.handlers.memberships import membership_snapshot
-from workers.handlers.payloads import PoisonEventError, organization_snapshot
-from workers.handlers.users import user_snapshot
-from workers.reconcile.clerk_api import PAGE_SIZE, ClerkAPI, id_of
+from models.users import delete_user
+from workers.reconcile.clerk_api import PAGE_SIZE, ClerkAPI, Page, id_of
 from workers.reconcile.errors import MassDeletionError, ReconcileBusyError
 from workers.reconcile.journal import Checkpoint, Journal
+from workers.reconcile.pages import ENTITIES, write_page
 from workers.reconcile.phases import MEMBERSHIPS, ORGANIZATIONS, PHASES, USERS
-from workers.reconcile.report import Counts, NoProgress, Progress, ReconcileReport
+from workers.reconcile.prefetch import DEFAULT_AHEAD, Prefetcher
+from workers.reconcile.report import Counts, NoProgress, Pace, Progress, ReconcileReport
 from workers.retries import retry_transient
 
 log = logging.getLogger("clerk_sync.reconcile")
@@ -61,24 +62,11 @@ MASS_DELETION_MINIMUM: Final = 10
 
 RUN_LOCK: Final = "clerk-sync:reconcile"
 
+SWEEP_CHUNK: Final = 10_000
+"""Stored ids compared with the listed ones per query of the deletion phase."""
 
-TABLES: Final[dict[str, Table]] = {
-    ORGANIZATIONS: organizations,
-    MEMBERSHIPS: organization_memberships,
-    USERS: users,
-}
-
-
-def _exists(connection: Connection, table: Table, entity_id: str) -> bool:
-    return connection.execute(select(table.c.id).where(table.c.id == entity_id)).first() is not None
-
-
-def _upsert(work: UnitOfWork, phase: str, item: Mapping[str, Any], workspace_key: str) -> bool:
-    if phase == ORGANIZATIONS:
-        return upsert_organization(work, organization_snapshot(item, workspace_key))
-    if phase == MEMBERSHIPS:
-        return upsert_membership(work, membership_snapshot(item, workspace_key))
-    return upsert_user(work, user_snapshot(item))
+PACE_LOG_SECONDS: Final = 10.0
+"""How often a listing logs its rows per second and the time left."""
 
 
 class Reconciler:
@@ -97,6 +85,7 @@ class Reconciler:
         progress: Progress,
         allow_mass_deletion: bool,
         clock_skew_margin: timedelta,
+        fetch_ahead: int = DEFAULT_AHEAD,
     ) -> None:
         self.engine = engine
         self.api = api
@@ -108,8 +97,11 @@ class Reconciler:
         self.progress = progress
         self.allow_mass_deletion = allow_mass_deletion
         self.clock_skew_margin = clock_skew_margin
+        self.fetch_ahead = fetch_ahead
+        self.listed = 0
 
     def run(self) -> ReconcileReport:
+        started = time.monotonic()
         checkpoint = self.journal.open(
             dry_run=self.dry_run, api_url=self.api_url, now=datetime.now(UTC)
         )
@@ -127,63 +119,47 @@ class Reconciler:
             resumed=checkpoint.resumed,
             counts=checkpoint.counts,
             requests=self.api.requests,
+            listed=self.listed,
+            seconds=time.monotonic() - started,
         )
-        log.info("reconcile finished: %s", json.dumps(report.as_dict()["counts"]))
+        log.info(
+            "reconcile finished: %d listed in %.1f s (%.0f rows/s): %s",
+            report.listed,
+            report.seconds,
+            report.rows_per_second,
+            json.dumps(report.as_dict()["counts"]),
+        )
         return report
-
-    # -- one unit of work --------------------------------------------------------------------
-
-    @contextmanager
-    def _unit(self) -> Iterator[Connection]:
-        """One transaction, committed, or rolled back in a dry run."""
-        with self.engine.connect() as connection:
-            transaction = connection.begin()
-            try:
-                yield connection
-            except BaseException:
-                transaction.rollback()
-                raise
-            if self.dry_run:
-                transaction.rollback()
-            else:
-                transaction.commit()
-
-    def _apply(self, phase: str, item: Mapping[str, Any]) -> str:
-        """Apply one of Clerk's objects; returns the outcome."""
-
-        @retry_transient
-        def attempt() -> str:
-            entity_id = id_of(item)
-            table = TABLES[phase]
-            with self._unit() as connection:
-                existed = _exists(connection, table, entity_id)
-                try:
-                    written = _upsert(UnitOfWork(connection), phase, item, self.workspace_key)
-                except PoisonEventError as error:
-                    # Its id counts as listed, so it is not deleted either.
-                    log.warning("%s: left %s alone, it cannot be read: %s", phase, entity_id, error)
-                    return "invalid"
-                if written:
-                    return "updated" if existed else "created"
-                return "unchanged" if _exists(connection, table, entity_id) else "blocked"
-
-        return attempt()
 
     # -- listing -----------------------------------------------------------------------------
 
+    def _apply(self, phase: str, items: list[Mapping[str, Any]]) -> Counts:
+        return write_page(
+            self.engine, ENTITIES[phase], items, self.workspace_key, dry_run=self.dry_run
+        )
+
     def _list(self, phase: str, checkpoint: Checkpoint) -> None:
         offset = checkpoint.offsets[phase]
-        total = self.api.count_users() if phase == USERS else None
-        begun = False
+        counted = self.api.count_users() if phase == USERS else None
+
+        def expected(first: Page) -> int | None:
+            return first.total if counted is None else counted
+
+        prefetcher = Prefetcher(
+            lambda at: self.api.list_page(phase, at, self.page_size),
+            offset=offset,
+            page_size=self.page_size,
+            expected=expected,
+            ahead=self.fetch_ahead,
+        )
+        pace: Pace | None = None
+        logged = time.monotonic()
         try:
-            while True:
-                page = self.api.list_page(phase, offset, self.page_size)
-                if not begun:
-                    self.progress.begin(phase, page.total if total is None else total, offset)
-                    begun = True
-                counts = Counts()
-                for item in page.items:
-                    counts.add(self._apply(phase, item))
+            for page in prefetcher.pages():
+                if pace is None:
+                    pace = Pace(expected(page), offset)
+                    self.progress.begin(phase, pace.total, offset)
+                counts = self._apply(phase, page.items)
                 offset += len(page.items)
                 self._record(
                     checkpoint,
@@ -195,35 +171,40 @@ class Reconciler:
                         "counts": _nonzero(counts),
                     },
                 )
+                pace.advance(len(page.items))
+                self.listed += len(page.items)
                 self.progress.advance(len(page.items))
-                if len(page.items) < self.page_size:
-                    break
+                if time.monotonic() - logged >= PACE_LOG_SECONDS:
+                    logged = time.monotonic()
+                    log.info("%s: %s", phase, pace.describe())
         finally:
-            if begun:
+            if pace is not None:
                 self.progress.end()
+        if pace is not None:
+            log.info(
+                "%s: %d listed in %.1f s (%.0f rows/s)", phase, pace.rows, pace.seconds, pace.rate
+            )
         self._record(checkpoint, {"record": "listed", "phase": phase})
 
     # -- deleting what Clerk no longer has ---------------------------------------------------
 
     def _sweep(self, phase: str, checkpoint: Checkpoint) -> None:
-        table = TABLES[phase]
+        table = ENTITIES[phase].kind.table
         cutoff = checkpoint.started_at - self.clock_skew_margin
-        with self.engine.connect() as connection:
-            stored = connection.execute(select(table.c.id, table.c.synced_at)).all()
-        missing = [row for row in stored if row.id not in checkpoint.seen[phase]]
-        recent = sorted(row.id for row in missing if _as_utc(row.synced_at) >= cutoff)
+        stored, missing = self._missing(table, checkpoint, phase)
+        recent = sorted(entity_id for entity_id, synced_at in missing if synced_at >= cutoff)
         candidates = sorted(
-            row.id
-            for row in missing
-            if _as_utc(row.synced_at) < cutoff and row.id not in checkpoint.checked[phase]
+            entity_id
+            for entity_id, synced_at in missing
+            if synced_at < cutoff and entity_id not in checkpoint.checked[phase]
         )
         if (
             not self.allow_mass_deletion
             and len(candidates) > MASS_DELETION_MINIMUM
-            and len(candidates) > MASS_DELETION_FRACTION * len(stored)
+            and len(candidates) > MASS_DELETION_FRACTION * stored
         ):
             raise MassDeletionError(
-                f"{len(candidates)} of {len(stored)} stored {phase} are missing from Clerk's "
+                f"{len(candidates)} of {stored} stored {phase} are missing from Clerk's "
                 "listing: is CLERK_SECRET_KEY the key of this database's Clerk instance? "
                 "Nothing of them was deleted; allow it with --allow-mass-deletion"
             )
@@ -252,6 +233,29 @@ class Reconciler:
             )
         self._record(checkpoint, {"record": "swept", "phase": phase, "counts": _nonzero(kept)})
 
+    def _missing(
+        self, table: Table, checkpoint: Checkpoint, phase: str
+    ) -> tuple[int, list[tuple[str, datetime]]]:
+        """How many rows are stored, and the id and ``synced_at`` of those not listed: the
+        stored ids are read in chunks, in id order (keyset), never all at once."""
+        seen = checkpoint.seen[phase]
+        stored = 0
+        missing: list[tuple[str, datetime]] = []
+        after = ""
+        with self.engine.connect() as connection:
+            while True:
+                chunk = connection.execute(
+                    select(table.c.id, table.c.synced_at)
+                    .where(table.c.id > after)
+                    .order_by(table.c.id)
+                    .limit(SWEEP_CHUNK)
+                ).all()
+                stored += len(chunk)
+                missing += [(r.id, _as_utc(r.synced_at)) for r in chunk if r.id not in seen]
+                if len(chunk) < SWEEP_CHUNK:
+                    return stored, missing
+                after = chunk[-1].id
+
     def _check(self, phase: str, entity_id: str, checkpoint: Checkpoint) -> Counts:
         """Look one candidate up in Clerk: apply it if it is there, delete it if it is not."""
         counts = Counts()
@@ -274,13 +278,13 @@ class Reconciler:
                     )
                 )
                 counts.add("deleted")
-            for item in found:
-                counts.add(self._apply(phase, item))
+            if found:
+                counts.merge(self._apply(phase, found))
             return counts
         lookup = self.api.get_organization if phase == ORGANIZATIONS else self.api.get_user
         current = lookup(entity_id)
         if current is not None:
-            counts.add(self._apply(phase, current))
+            counts.merge(self._apply(phase, [current]))
             return counts
         if phase == ORGANIZATIONS:
             self._delete(lambda work: delete_organization(work, entity_id, _now_ms()))
@@ -290,10 +294,21 @@ class Reconciler:
         return counts
 
     def _delete(self, mutation: Callable[[UnitOfWork], None]) -> None:
+        """One deletion in a transaction of its own (rolled back in a dry run)."""
+
         @retry_transient
         def attempt() -> None:
-            with self._unit() as connection:
-                mutation(UnitOfWork(connection))
+            with self.engine.connect() as connection:
+                transaction = connection.begin()
+                try:
+                    mutation(UnitOfWork(connection))
+                except BaseException:
+                    transaction.rollback()
+                    raise
+                if self.dry_run:
+                    transaction.rollback()
+                else:
+                    transaction.commit()
 
         attempt()
 
@@ -327,6 +342,7 @@ def reconcile(
     progress: Progress | None = None,
     allow_mass_deletion: bool = False,
     clock_skew_margin: timedelta = CLOCK_SKEW_MARGIN,
+    fetch_ahead: int = DEFAULT_AHEAD,
 ) -> ReconcileReport:
     """Run (or resume, from ``state_file``) one reconciliation; see the module's docstring.
 
@@ -346,6 +362,7 @@ def reconcile(
         progress=progress or NoProgress(),
         allow_mass_deletion=allow_mass_deletion,
         clock_skew_margin=clock_skew_margin,
+        fetch_ahead=fetch_ahead,
     )
     try:
         with hold_session_lock(engine, RUN_LOCK):

@@ -1,0 +1,156 @@
+"""Writing one page of a listing: every object of the page in one transaction, through the
+webhook mutation rules and the unit of work the worker's batches use.
+
+As ``workers.processing.apply_batch`` does for a batch of events: the page's organization and
+user locks are taken up front, in the one global order (``UnitOfWork.take_locks``, via
+``workers.processing.prepare``: a page cannot deadlock with the workers' batches), the
+tombstones, membership holders and organization versions it looks up are read ahead, and so
+are the page's stored rows (``UnitOfWork.read_rows``). Then each object goes through its rule
+(``upsert_user`` …) inside ``writing_together``: a page is a handful of statements, not one
+transaction per object. Rows already at the listed version are skipped without a write,
+unless their content differs (``repair``: Clerk's copy wins, reported ``repaired``).
+
+A page fetched before a webhook and written after it cannot undo it: the rules' version guards
+compare with what is stored when the page is written, under the page's locks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from sqlalchemy import Connection, Engine, bindparam, select
+
+from models.memberships import upsert_membership
+from models.organizations import upsert_organization
+from models.unit_of_work import UnitOfWork
+from models.users import upsert_user
+from models.versioned import MEMBERSHIPS as MEMBERSHIP_ROWS
+from models.versioned import ORGANIZATIONS as ORGANIZATION_ROWS
+from models.versioned import USERS as USER_ROWS
+from models.versioned import Versioned
+from workers.handlers.memberships import membership_snapshot
+from workers.handlers.payloads import PoisonEventError, organization_snapshot
+from workers.handlers.users import user_snapshot
+from workers.processing import prepare
+from workers.reconcile.clerk_api import id_of
+from workers.reconcile.phases import MEMBERSHIPS, ORGANIZATIONS, USERS
+from workers.reconcile.report import Counts
+from workers.retries import retry_transient
+
+log = logging.getLogger("clerk_sync.reconcile")
+
+
+@dataclass(frozen=True)
+class Entity:
+    """How a listed object of one phase is read and applied."""
+
+    kind: Versioned
+    event_type: str
+    """The webhook event whose payload ``data`` the listed object is: what it touches (locks,
+    tombstones, holders) is read as the worker reads that event's."""
+    snapshot: Callable[[Mapping[str, Any], str], Any]
+    """Clerk's object (and the workspace metadata key) → the rule's snapshot; raises
+    ``PoisonEventError`` or ``ValueError`` when it cannot be read."""
+    upsert: Callable[[UnitOfWork, Any], bool]
+
+    def version(self, snapshot: Any) -> tuple[int, ...]:
+        return tuple(getattr(snapshot, name) for name in self.kind.version)
+
+
+ENTITIES: Final[dict[str, Entity]] = {
+    ORGANIZATIONS: Entity(
+        ORGANIZATION_ROWS, "organization.updated", organization_snapshot, upsert_organization
+    ),
+    USERS: Entity(USER_ROWS, "user.updated", lambda data, _key: user_snapshot(data), upsert_user),
+    MEMBERSHIPS: Entity(
+        MEMBERSHIP_ROWS, "organizationMembership.updated", membership_snapshot, upsert_membership
+    ),
+}
+
+
+def write_page(
+    engine: Engine,
+    entity: Entity,
+    items: Sequence[Mapping[str, Any]],
+    workspace_key: str,
+    *,
+    dry_run: bool,
+) -> Counts:
+    """Apply one page of Clerk's objects in one transaction (rolled back in a dry run); returns
+    the outcome counts. Transient database errors are retried with the whole page."""
+    counts = Counts()
+    snapshots: dict[str, tuple[Mapping[str, Any], Any]] = {}
+    for item in items:
+        try:
+            snapshot = entity.snapshot(item, workspace_key)
+        except (PoisonEventError, ValueError) as error:
+            # Its id counts as listed, so it is not deleted either.
+            log.warning("left %s alone, it cannot be read: %s", id_of(item), error)
+            counts.add("invalid")
+            continue
+        snapshots.setdefault(snapshot.id, (item, snapshot))
+    if snapshots:
+        for outcome in _write(engine, entity, snapshots, dry_run=dry_run):
+            counts.add(outcome)
+    return counts
+
+
+@retry_transient
+def _write(
+    engine: Engine,
+    entity: Entity,
+    snapshots: dict[str, tuple[Mapping[str, Any], Any]],
+    *,
+    dry_run: bool,
+) -> list[str]:
+    with engine.connect() as connection:
+        transaction = connection.begin()
+        try:
+            outcomes = _apply(connection, entity, snapshots)
+        except BaseException:
+            transaction.rollback()
+            raise
+        if dry_run:
+            transaction.rollback()
+        else:
+            transaction.commit()
+    return outcomes
+
+
+def _apply(
+    connection: Connection, entity: Entity, snapshots: dict[str, tuple[Mapping[str, Any], Any]]
+) -> list[str]:
+    work = UnitOfWork(connection, repair=True)
+    prepare(work, [{"type": entity.event_type, "data": item} for item, _ in snapshots.values()])
+    stored = work.read_rows(entity.kind, list(snapshots))
+    written: dict[str, bool] = {}
+    with work.writing_together():
+        for key, (_, snapshot) in snapshots.items():
+            written[key] = entity.upsert(work, snapshot)
+    left = [key for key, was_written in written.items() if not was_written and key in stored]
+    remaining = _existing(connection, entity.kind, left) if left else set()
+    outcomes = []
+    for key, (_, snapshot) in snapshots.items():
+        before = stored.get(key)
+        if written[key]:
+            if before is None:
+                outcomes.append("created")
+            elif entity.kind.version_of(before) == entity.version(snapshot):
+                outcomes.append("repaired")
+            else:
+                outcomes.append("updated")
+        else:
+            # Not written: already at this version or newer, or refused (tombstoned,
+            # superseded, which may have removed the stored row).
+            outcomes.append("unchanged" if key in remaining else "blocked")
+    return outcomes
+
+
+def _existing(connection: Connection, kind: Versioned, ids: list[str]) -> set[str]:
+    statement = select(kind.table.c.id).where(
+        kind.table.c.id.in_(bindparam("p_ids", expanding=True))
+    )
+    return set(connection.execute(statement, {"p_ids": ids}).scalars())
