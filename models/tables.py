@@ -18,6 +18,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -47,6 +48,7 @@ organizations = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
     Column("synced_at", Timestamp, nullable=False),
+    Column("synced_by", String(128)),
 )
 
 organization_memberships = Table(
@@ -72,6 +74,7 @@ organization_memberships = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
     Column("synced_at", Timestamp, nullable=False),
+    Column("synced_by", String(128)),
     UniqueConstraint("organization_id", "user_id"),
 )
 
@@ -89,6 +92,7 @@ users = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
     Column("synced_at", Timestamp, nullable=False),
+    Column("synced_by", String(128)),
 )
 
 organization_roles = Table(
@@ -103,6 +107,7 @@ organization_roles = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
     Column("synced_at", Timestamp, nullable=False),
+    Column("synced_by", String(128)),
 )
 
 organization_permissions = Table(
@@ -116,6 +121,7 @@ organization_permissions = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
     Column("synced_at", Timestamp, nullable=False),
+    Column("synced_by", String(128)),
 )
 
 organization_invitations = Table(
@@ -135,6 +141,7 @@ organization_invitations = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
     Column("synced_at", Timestamp, nullable=False),
+    Column("synced_by", String(128)),
 )
 
 organization_domains = Table(
@@ -152,6 +159,7 @@ organization_domains = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
     Column("synced_at", Timestamp, nullable=False),
+    Column("synced_by", String(128)),
 )
 
 tombstones = Table(
@@ -172,6 +180,40 @@ erasure_requests = Table(
     Column("user_id", String(64), primary_key=True),
     Column("requested_at", Timestamp, nullable=False),
 )
+
+sync_changes = Table(
+    "sync_changes",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    Column("table_name", String(64), nullable=False),
+    Column("entity_id", String(64), nullable=False),
+    Column("operation", String(8), nullable=False),
+    Column("changed_columns", JSONDocument, nullable=False),
+    Column("row_values", JSONDocument),
+    Column("source", String(128)),
+    Column("changed_at", Timestamp, nullable=False, server_default=text("CURRENT_TIMESTAMP")),
+    Index("ix_sync_changes_changed_at", "changed_at"),
+    sqlite_autoincrement=True,
+)
+"""The change feed (docs/changes.md): written by triggers (``models.changes.triggers``) in the
+transaction of each change to a synced table."""
+
+sync_change_positions = Table(
+    "sync_change_positions",
+    metadata,
+    Column("consumer", String(128), primary_key=True),
+    Column("last_id", BigInteger, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+)
+
+sync_change_context = Table(
+    "sync_change_context",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("source", String(128)),
+)
+"""SQLite: one row naming the source of the deletions that follow (PostgreSQL uses a setting
+of the transaction instead)."""
 
 webhook_events = Table(
     "webhook_events",

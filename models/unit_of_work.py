@@ -30,6 +30,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from models.changes.sources import SOURCE_PARAMETER, run_deletions
 from models.locks import lock_organization, lock_user, take_locks
 from models.lookups import (
     Holder,
@@ -62,11 +63,19 @@ class UnitOfWork:
     """The reads and writes of one transaction's mutations (see the module docstring)."""
 
     def __init__(
-        self, connection: Connection, *, alone: bool = False, repair: bool = False
+        self,
+        connection: Connection,
+        *,
+        alone: bool = False,
+        repair: bool = False,
+        source: str | None = None,
     ) -> None:
         """``alone``: nothing else writes the tables this transaction writes (a rebuild's
         shadow tables), so no lock is taken. ``repair``: see the module docstring."""
         self.connection = connection
+        self.source = source
+        """Who makes the writes that follow (an event's svix id, ``reconcile``): recorded with
+        each change in the change feed (``models.changes.sources``)."""
         self._alone = alone
         self._repair = repair
         self._rows: dict[str, dict[str, dict[str, Any]]] = {}
@@ -172,6 +181,7 @@ class UnitOfWork:
     def upsert(self, kind: Versioned, values: dict[str, Any]) -> bool:
         """Insert the row, or overwrite a stored row holding an older version; returns whether
         it was written (or queued to be)."""
+        values["synced_by"] = self.source
         key, version = values["id"], kind.version_of(values)
         versions = self._versions.get(kind.name)
         known = None if versions is None else versions.get(key)
@@ -196,7 +206,9 @@ class UnitOfWork:
         ``synced_at`` aside)."""
         stored = self._rows.get(kind.name, {}).get(values["id"]) if self._repair else None
         return stored is not None and any(
-            stored.get(name) != value for name, value in values.items() if name != "synced_at"
+            stored.get(name) != value
+            for name, value in values.items()
+            if name not in ("synced_at", "synced_by")
         )
 
     def _overwrite(self, kind: Versioned, values: dict[str, Any]) -> bool:
@@ -226,7 +238,11 @@ class UnitOfWork:
         self._forget_version(kind, old_id)
         if self._queue is not None:
             self._queue.drop(kind.name, lambda row: row["id"] == old_id)
-        self.connection.execute(kind.delete_by_id(self.connection), {"p_id": old_id})
+        run_deletions(
+            self.connection,
+            kind.delete_by_id(self.connection),
+            [{"p_id": old_id, SOURCE_PARAMETER: self.source}],
+        )
         return self.upsert(kind, values)
 
     def delete(self, kind: Versioned, row_id: str, *, created_at_most: int | None = None) -> None:
@@ -244,12 +260,13 @@ class UnitOfWork:
 
         if created_at_most is None:
             name, statement = kind.name, kind.delete_by_id
-            parameters: dict[str, Any] = {"p_id": row_id}
+            parameters: dict[str, Any] = {"p_id": row_id, SOURCE_PARAMETER: self.source}
         else:
             name, statement = f"{kind.name}:incarnations", kind.delete_incarnations
             parameters = {"p_id": row_id, "p_at_most": created_at_most}
+            parameters[SOURCE_PARAMETER] = self.source
         if self._queue is None:
-            self.connection.execute(statement(self.connection), parameters)
+            run_deletions(self.connection, statement(self.connection), [parameters])
             return
         self._queue.drop(kind.name, matches)
         self._queue.add_deletion(kind.name, name, statement, parameters)
@@ -262,7 +279,10 @@ class UnitOfWork:
             self._forget_holders(lambda key, _holders: key[position] == value)
         self._versions.pop(kind.name, None)
         self._write_queued(kind.name)
-        self.connection.execute(kind.delete_where(self.connection, column), {"p_value": value})
+        statement = kind.delete_where(self.connection, column)
+        run_deletions(
+            self.connection, statement, [{"p_value": value, SOURCE_PARAMETER: self.source}]
+        )
 
     def bury(self, tombstone: Tombstone) -> None:
         """Record a deletion; burying the same entity again keeps the widest claim.

@@ -9,6 +9,7 @@ from typing import Any, Final
 
 from sqlalchemy import Connection, Table, and_, bindparam, delete, or_
 
+from models.changes.sources import deletion_source_clause
 from models.statements import cached_statement, insert_row, insert_rows
 from models.tables import organization_memberships, organizations, users
 
@@ -64,8 +65,8 @@ class Versioned:
         return cached_statement(
             connection,
             f"delete_where:{self.name}:{column}",
-            lambda _connection: delete(self.table).where(
-                self.table.c[column] == bindparam("p_value")
+            lambda connection: _attributed(
+                connection, delete(self.table).where(self.table.c[column] == bindparam("p_value"))
             ),
         )
 
@@ -94,14 +95,27 @@ class Versioned:
             where=older,
         )
 
-    def _build_delete(self, _connection: Connection) -> Any:
-        return delete(self.table).where(self.table.c.id == bindparam("p_id"))
-
-    def _build_delete_incarnations(self, _connection: Connection) -> Any:
-        return delete(self.table).where(
-            self.table.c.id == bindparam("p_id"),
-            self.table.c[self.version[0]] <= bindparam("p_at_most"),
+    def _build_delete(self, connection: Connection) -> Any:
+        return _attributed(
+            connection, delete(self.table).where(self.table.c.id == bindparam("p_id"))
         )
+
+    def _build_delete_incarnations(self, connection: Connection) -> Any:
+        return _attributed(
+            connection,
+            delete(self.table).where(
+                self.table.c.id == bindparam("p_id"),
+                self.table.c[self.version[0]] <= bindparam("p_at_most"),
+            ),
+        )
+
+
+def _attributed(connection: Connection, statement: Any) -> Any:
+    """A deletion that names its source (``:p_source``) to the change feed's triggers
+    (``models.changes.sources``)."""
+    if connection.dialect.name == "postgresql":
+        return statement.where(deletion_source_clause())
+    return statement
 
 
 def _older(stored: list[Any], incoming: list[Any]) -> Any:

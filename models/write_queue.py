@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from models.changes.sources import run_deletions
 from models.statements import rows_parameters
 
 StatementOf = Callable[[Connection], Any]
@@ -92,7 +93,7 @@ class WriteQueue:
         deletions = list(queue.deletions.values())
         queue.deletions.clear()
         for statement, keys in deletions:
-            connection.execute(statement(connection), keys)
+            run_deletions(connection, statement(connection), keys)
 
     def write_all(self, connection: Connection) -> None:
         for table in list(self._tables):

@@ -33,6 +33,7 @@ from models.database import is_transient, transaction
 from models.events import APPLIED, DEAD, FINISHED, event_status
 from workers.authentication import MessageCheck
 from workers.batches import batching_options, pool_optimization, prefetch_multiplier, run_batch
+from workers.change_fanout import after_commit, change_feed_schedule, register_change_tasks
 from workers.dead_letters import DeadLetterError, dead_letter_exception_text
 from workers.erasure import ERASE_TASK, erase_requested
 from workers.processing import (
@@ -75,6 +76,7 @@ def celery_configuration(settings: Settings) -> dict[str, Any]:
             },
             **purge_schedule(settings),
             **reconcile_schedule(settings),
+            **change_feed_schedule(settings),
         },
     }
 
@@ -182,6 +184,8 @@ def create_celery_app(settings: Settings) -> Celery:
         if status == APPLIED and event.event_timestamp is not None:
             runtime.metrics.lag.observe(max(0.0, time.time() - event.event_timestamp / 1000))
         _forget(runtime, svix_id)
+        if status == APPLIED:
+            after_commit(runtime.engine, settings)
         if status == DEAD:
             raise DeadLetterError(dead_letter_exception_text(runtime.engine, svix_id))
         return status
@@ -204,6 +208,7 @@ def create_celery_app(settings: Settings) -> Celery:
         outlasts the visibility timeout, and Redis must not hand it to a second worker."""
         return scheduled_reconcile(runtime.engine, settings)
 
+    register_change_tasks(app, settings, lambda: runtime.engine)
     return app
 
 

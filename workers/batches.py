@@ -18,6 +18,7 @@ from clerk_sync.broker.batch_items import BatchItem
 from clerk_sync.core.queue import APPLY_EVENT_TASK, BROKER_ERRORS, QueuedEvent
 from models.database import is_transient
 from models.events import APPLIED, EventStatus, IncomingEvent
+from workers.change_fanout import after_commit
 from workers.dead_letters import dead_letter as dead_letter_outcome
 from workers.dead_letters import with_reasons
 from workers.processing import (
@@ -108,6 +109,8 @@ def process_batch(
     outcomes.update(dict.fromkeys(deferred, EventStatus.DEFERRED))
     elapsed = time.perf_counter() - started
     _observe(runtime, items, events, finished, elapsed)
+    if EventStatus.APPLIED in finished.values():
+        after_commit(runtime.engine, settings)
     return [
         outcomes.get(item.svix_id, EventStatus.FAILED)
         if first_copy[item.svix_id] is item

@@ -26,8 +26,10 @@ from sqlalchemy.pool import NullPool
 from clerk_sync.core.durability import DurabilityMonitor, Verdict
 from clerk_sync.core.queue import LEDGER_DUE_KEY, redis_client
 from clerk_sync.core.settings import Settings
+from models.changes import read_position, summarise_feed
 from models.database import make_engine, transaction
 from models.inbox import summarise
+from workers.change_fanout import FANOUT_CONSUMER
 
 log = logging.getLogger("clerk_sync.worker")
 
@@ -77,6 +79,8 @@ class PipelineGauges(Collector):
                 if connection.dialect.name == "postgresql":
                     connection.execute(SET_STATEMENT_TIMEOUT)
                 summary = summarise(connection)
+                feed = summarise_feed(connection)
+                fanned_out = read_position(connection, FANOUT_CONSUMER)
         except Exception as error:  # noqa: BLE001 - a failed read must never fail the scrape
             self._failed("database", error)
             return []
@@ -99,6 +103,23 @@ class PipelineGauges(Collector):
                 "clerk_sync_oldest_unfinished_event_age_seconds",
                 "Age of the oldest unfinished event since it was received (0: none).",
                 oldest_age,
+            ),
+            gauge(
+                "clerk_sync_changes_newest_id",
+                "The newest id in the change feed, sync_changes (0: none).",
+                feed.newest_id,
+            ),
+            gauge("clerk_sync_changes_rows", "Changes kept in sync_changes.", feed.rows),
+            *(
+                [
+                    gauge(
+                        "clerk_sync_changes_not_fanned_out",
+                        "Changes not yet sent to the application's task (CLERK_SYNC_CHANGES_TASK).",
+                        max(0, feed.newest_id - fanned_out),
+                    )
+                ]
+                if self._settings.changes_task
+                else []
             ),
         ]
 

@@ -71,7 +71,7 @@ def apply_event(
         if status in FINISHED:
             log.info("duplicate ignored", extra={**_context(event), "status": status})
             return status
-        work = UnitOfWork(connection)
+        work = UnitOfWork(connection, source=event.svix_id)
         erasures = Erasures(erase_personal_data)
         outcome, error = apply_payload(work, event.payload, workspace_key, document=event.document)
         if outcome == APPLIED:
@@ -166,6 +166,7 @@ def _apply_batch(
                         # Left for a later batch: its new row is made ``received`` after all.
                         outcomes.append(Outcome(event.svix_id, RECEIVED))
                     continue
+                work.source = event.svix_id
                 status, error = apply_payload(
                     work, event.payload, workspace_key, isolated=isolated, document=document
                 )

@@ -21,6 +21,7 @@ from typing import Final
 from sqlalchemy import Connection, Engine, Table, func, select
 
 from clerk_sync.core.settings import Settings
+from models.changes import REBUILD
 from models.database import transaction
 from models.events import APPLIED, SKIPPED
 from models.inbox import applied_events_after
@@ -196,7 +197,7 @@ def _apply(
 ) -> list[tuple[str, str]]:
     """Apply events (svix id, payload) to tables nothing else writes; returns the failures."""
     documents = [parse_payload(payload) for _, payload in events]
-    work = UnitOfWork(connection, alone=True)
+    work = UnitOfWork(connection, alone=True, source=REBUILD)
     prepare(work, documents)
     failed: list[tuple[str, str]] = []
     for (svix_id, payload), document in zip(events, documents, strict=True):

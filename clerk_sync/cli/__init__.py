@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import click
 
+from clerk_sync.cli.changes import changes
 from clerk_sync.cli.db import db
 from clerk_sync.cli.dev import dev
 from clerk_sync.cli.events import events
@@ -34,5 +35,6 @@ for command in (
     rebuild_command,
     status_command,
     reconcile_command,
+    changes,
 ):
     main.add_command(command)

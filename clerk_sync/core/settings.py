@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Self
 
+from clerk_sync.core import change_feed_settings as feed
 from clerk_sync.core.setting_values import (
     DEFAULT_BROKER_URL,
     DEFAULT_CLERK_API_URL,
@@ -235,6 +236,10 @@ class Settings:
             read=whole(1),
         ),
     )
+    changes_task: str = feed.task_field()
+    changes_queue: str = feed.queue_field()
+    changes_broker_url: str = feed.broker_url_field()
+    changes_retention_days: int | None = feed.retention_field()
     purge_after_days: int | None = field(
         default=None,
         metadata=documented(

@@ -23,6 +23,7 @@ from typing import Any, Final
 
 from sqlalchemy import Connection, Engine, bindparam, select
 
+from models.changes import RECONCILE
 from models.memberships import upsert_membership
 from models.organizations import upsert_organization
 from models.unit_of_work import UnitOfWork
@@ -123,7 +124,7 @@ def _write(
 def _apply(
     connection: Connection, entity: Entity, snapshots: dict[str, tuple[Mapping[str, Any], Any]]
 ) -> list[str]:
-    work = UnitOfWork(connection, repair=True)
+    work = UnitOfWork(connection, repair=True, source=RECONCILE)
     prepare(work, [{"type": entity.event_type, "data": item} for item, _ in snapshots.values()])
     stored = work.read_rows(entity.kind, list(snapshots))
     written: dict[str, bool] = {}

@@ -36,6 +36,7 @@ from typing import Any, Final
 
 from sqlalchemy import Engine, Table, select
 
+from models.changes import RECONCILE
 from models.locks import LockBusyError, hold_session_lock
 from models.memberships import remove_membership
 from models.organizations import delete_organization
@@ -301,7 +302,7 @@ class Reconciler:
             with self.engine.connect() as connection:
                 transaction = connection.begin()
                 try:
-                    mutation(UnitOfWork(connection))
+                    mutation(UnitOfWork(connection, source=RECONCILE))
                 except BaseException:
                     transaction.rollback()
                     raise
