@@ -263,8 +263,12 @@ def _log_unexpected(item: BatchItem | IncomingEvent, error: BaseException) -> No
 
 
 def batching(settings: Any) -> bool:
-    """Whether a worker with these settings applies batches (a Redis broker, ``batch_size`` > 1)."""
-    return bool(settings.batch_size > 1 and settings.uses_redis_broker)
+    """Whether a worker with these settings applies batches (``batch_size`` > 1 on Redis or
+    RabbitMQ; on RabbitMQ each message is acknowledged with kombu's ``Message.ack`` once its
+    batch committed, and the prefetch count is RabbitMQ's)."""
+    return bool(
+        settings.batch_size > 1 and (settings.uses_redis_broker or settings.uses_amqp_broker)
+    )
 
 
 def batching_options(settings: Any, runtime_key: str) -> dict[str, Any]:

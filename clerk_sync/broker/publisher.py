@@ -6,6 +6,7 @@ import time
 
 from celery import Celery
 
+from clerk_sync.broker.confirmed import ConfirmedPublishing
 from clerk_sync.broker.messages import RedisTaskMessages, ThreadConnections
 from clerk_sync.core.ledger_scripts import Acceptance
 from clerk_sync.core.message_auth import MessageAuthenticator
@@ -48,6 +49,10 @@ class Publisher:
             RedisTaskMessages(celery_app, settings.queue_name) if self.ledger is not None else None
         )
         self._connections = ThreadConnections(settings) if self.ledger is not None else None
+        # RabbitMQ: each message confirmed by the broker, no ledger (clerk_sync.core.rabbitmq).
+        self._confirmed = (
+            ConfirmedPublishing(settings, celery_app) if settings.uses_amqp_broker else None
+        )
 
     def publish(self, event: QueuedEvent, *, replay: bool = False) -> Acceptance:
         """Return once the broker holds the message and the ledger the event (or, on Redis,
@@ -106,6 +111,9 @@ class Publisher:
         retries: int = 0,
         countdown: float | None = None,
     ) -> None:
+        if self._confirmed is not None:
+            self._confirmed.send(event, task_id=task_id, retries=retries, countdown=countdown)
+            return
         self._celery.send_task(
             APPLY_EVENT_TASK,
             args=event.task_args(),
@@ -123,6 +131,9 @@ class Publisher:
         try:
             if self.ledger is not None:
                 return self.ledger.ping()
+            if self._confirmed is not None:
+                self._confirmed.ping()
+                return True
             with self._celery.connection_for_write() as connection:
                 connection.ensure_connection(
                     max_retries=1, timeout=self._settings.broker_publish_timeout_seconds

@@ -18,11 +18,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+import amqp.exceptions
 import orjson
 import redis
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from clerk_sync.core import ledger_scripts as scripts
+from clerk_sync.core import rabbitmq
 from clerk_sync.core.ledger_scripts import Acceptance
 from clerk_sync.core.settings import Settings
 from models.payload_hash import payload_hash
@@ -33,8 +35,15 @@ LEDGER_DUE_KEY: Final = "clerk-sync:ledger:due"
 LEDGER_MESSAGES_KEY: Final = "clerk-sync:ledger:messages"
 
 
-BROKER_ERRORS: Final = (KombuOperationalError, redis.RedisError, OSError)
-"""What a broker that is down or unreachable raises (socket errors are ``OSError``)."""
+BROKER_ERRORS: Final = (
+    KombuOperationalError,
+    redis.RedisError,
+    OSError,
+    amqp.exceptions.AMQPError,
+    amqp.exceptions.MessageNacked,
+)
+"""What a broker that is down or unreachable raises (socket errors are ``OSError``; RabbitMQ's
+refusals and negative confirms are py-amqp's)."""
 
 
 class BrokerUnavailableError(RuntimeError):
@@ -69,7 +78,9 @@ class QueuedEvent:
 def broker_configuration(settings: Settings) -> dict[str, Any]:
     """Celery settings both sides must agree on (broker, queue, timeouts)."""
     transport_options: dict[str, Any]
-    if settings.broker_url.startswith("filesystem://"):
+    if settings.uses_amqp_broker:
+        transport_options = rabbitmq.transport_options(settings)
+    elif settings.broker_url.startswith("filesystem://"):
         transport_options = {
             "data_folder_in": settings.broker_filesystem_dir,
             "data_folder_out": settings.broker_filesystem_dir,
@@ -95,6 +106,7 @@ def broker_configuration(settings: Settings) -> dict[str, Any]:
         "accept_content": ["json"],
         "result_backend": None,
         "task_ignore_result": True,
+        **(rabbitmq.celery_settings(settings) if settings.uses_amqp_broker else {}),
     }
 
 

@@ -89,7 +89,7 @@ class Settings:
     )
     queue_name: str = field(
         default="clerk-sync",
-        metadata=documented("CLERK_SYNC_QUEUE", "queue name (a Redis list of that name)"),
+        metadata=documented("CLERK_SYNC_QUEUE", "queue name (Redis list or RabbitMQ queue)"),
     )
     max_body_bytes: int = field(
         default=1024 * 1024,
@@ -400,6 +400,11 @@ class Settings:
     @property
     def uses_redis_broker(self) -> bool:
         return self.broker_url.startswith(("redis://", "rediss://", "redis+socket://"))
+
+    @property
+    def uses_amqp_broker(self) -> bool:
+        """RabbitMQ: a quorum queue, publisher confirms (``core.queue.broker_configuration``)."""
+        return self.broker_url.startswith(("amqp://", "amqps://", "pyamqp://"))
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
