@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Container, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Final
 
 from sqlalchemy import Connection, Engine, text
 
@@ -31,6 +32,52 @@ def lock_user(connection: Connection, user_id: str, held: Container[str] = ()) -
     and "insert the membership" one step with respect to the user's deletion.
     """
     _advisory_lock(connection, f"user:{user_id}", held)
+
+
+def lock_entity(connection: Connection, key: str, held: Container[str] = ()) -> None:
+    """Serialise the writes of one entity that no organization lock covers (``entity_key``: a
+    domain, whose deletion names no organization). Taken after any organization and user lock."""
+    _advisory_lock(connection, key, held)
+
+
+def entity_key(entity_type: str, entity_id: str) -> str:
+    return f"{entity_type}:{entity_id}"
+
+
+ROLES_KEY: Final = "roles"
+SHARED: Final = "shared"
+EXCLUSIVE: Final = "exclusive"
+"""The modes of the roles lock: a membership upsert reads the roles and permissions (shared), a
+role or permission write changes them and the memberships they reach (exclusive)."""
+
+
+def stronger(held: str | None, mode: str | None) -> str | None:
+    """The mode covering both."""
+    if EXCLUSIVE in (held, mode):
+        return EXCLUSIVE
+    return held or mode
+
+
+def lock_roles(connection: Connection, mode: str, held: str | None = None) -> str | None:
+    """Take the roles lock in ``mode`` unless ``held`` (the mode held already) covers it; returns
+    the mode now held. Last in the global order (organizations, users, entities, roles), so a
+    membership upsert takes it after its organization and user locks."""
+    if connection.dialect.name == "postgresql" and stronger(held, mode) != held:
+        function = "pg_advisory_xact_lock" if mode == EXCLUSIVE else "pg_advisory_xact_lock_shared"
+        statement = text(f"SELECT {function}(hashtextextended(:key, 0))")
+        connection.execute(statement, {"key": ROLES_KEY})
+    return stronger(held, mode)
+
+
+def try_lock_roles(connection: Connection, mode: str) -> bool:
+    """``lock_roles`` without waiting: whether it was taken."""
+    if connection.dialect.name != "postgresql":
+        return True
+    function = (
+        "pg_try_advisory_xact_lock" if mode == EXCLUSIVE else "pg_try_advisory_xact_lock_shared"
+    )
+    statement = text(f"SELECT {function}(hashtextextended(:key, 0))")
+    return bool(connection.execute(statement, {"key": ROLES_KEY}).scalar_one())
 
 
 LOCK_MANY = text(
@@ -66,6 +113,8 @@ def take_locks(
     user_ids: Iterable[str],
     *,
     wait: bool = True,
+    entities: Iterable[str] = (),
+    roles: str | None = None,
 ) -> tuple[set[str], set[str]]:
     """Take, up front, every lock that a batch of mutations will take one by one; returns the
     keys (``lock_keys``) now held, which the mutations then skip (``lock_organization``'s
@@ -78,19 +127,28 @@ def take_locks(
     are taken (a try-lock never waits, so it cannot deadlock either), and the caller leaves
     alone the mutations whose locks another transaction holds. They are transaction-level locks
     taken outside any savepoint: held until the transaction ends, whatever savepoints roll back.
+    Then the ``entities`` keys (``entity_key``), and last the roles lock in mode ``roles`` (its
+    key ``ROLES_KEY`` among those returned).
     """
     if connection.dialect.name != "postgresql":
         return set(), set()
     kinds = [sorted(lock_keys(organization_ids, ())), sorted(lock_keys((), user_ids))]
+    others = sorted({key for key in entities if "\x00" not in key})
+    roles_key = [ROLES_KEY] if roles is not None else []
     if wait:
         if kinds[0] or kinds[1]:
             connection.execute(LOCK_MANY, {"organization_keys": kinds[0], "user_keys": kinds[1]})
-        return {*kinds[0], *kinds[1]}, set()
-    keys = kinds[0] + kinds[1]
-    if not keys:
-        return set(), set()
-    busy = set(connection.execute(TRY_LOCK_MANY, {"keys": keys}).scalars())
-    return set(keys) - busy, busy
+        if others:
+            connection.execute(LOCK_MANY, {"organization_keys": others, "user_keys": []})
+        if roles is not None:
+            lock_roles(connection, roles)
+        return {*kinds[0], *kinds[1], *others, *roles_key}, set()
+    keys = kinds[0] + kinds[1] + others
+    busy = set(connection.execute(TRY_LOCK_MANY, {"keys": keys}).scalars()) if keys else set()
+    held = set(keys) - busy
+    if roles is not None:
+        (held if try_lock_roles(connection, roles) else busy).add(ROLES_KEY)
+    return held, busy
 
 
 _LOCK_ONE = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")

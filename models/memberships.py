@@ -9,6 +9,9 @@ deletes.
   snapshot nested in the event creates or advances the organization first.
 - One membership per (organization, user): the one created later wins; the other is
   tombstoned as superseded.
+- Derived columns (``models.derived``): ``permissions`` from the stored role holding the
+  membership's role key, the profile columns from the member's ``users`` row, each falling back
+  to what the event listed (kept as ``listed_permissions`` and ``listed_identifier``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from models.derived import profile_columns
+from models.locks import SHARED
 from models.organizations import OrganizationSnapshot, write_organization
 from models.tombstones import (
     DELETED,
@@ -68,7 +73,7 @@ def upsert_membership(work: UnitOfWork, snapshot: MembershipSnapshot) -> bool:
     if tombstone is not None and (tombstone.created_at or 0) >= snapshot.created_at:
         return False  # this incarnation, or a later one, was deleted or superseded
 
-    values = _values(snapshot)
+    values = _values(work, snapshot)
     holder = work.holder(organization_id, snapshot.user_id, other_than=snapshot.id)
     if holder is None:
         return work.upsert(MEMBERSHIPS, values)
@@ -138,17 +143,26 @@ def _supersede(
     )
 
 
-def _values(snapshot: MembershipSnapshot) -> dict[str, Any]:
+def _values(work: UnitOfWork, snapshot: MembershipSnapshot) -> dict[str, Any]:
+    """The row: what the event listed, and the columns derived from the stored role and user
+    (the roles lock, shared, taken after the organization and user locks)."""
+    work.lock_roles(SHARED)
+    granted = work.role_book().permissions_of(snapshot.role)
+    listed = {
+        "identifier": snapshot.identifier,
+        "first_name": snapshot.first_name,
+        "last_name": snapshot.last_name,
+        "image_url": snapshot.image_url,
+    }
     return {
         "id": snapshot.id,
         "organization_id": snapshot.organization.id,
         "user_id": snapshot.user_id,
         "role": snapshot.role,
-        "permissions": snapshot.permissions,
-        "identifier": snapshot.identifier,
-        "first_name": snapshot.first_name,
-        "last_name": snapshot.last_name,
-        "image_url": snapshot.image_url,
+        "permissions": snapshot.permissions if granted is None else granted,
+        "listed_permissions": snapshot.permissions,
+        **profile_columns(work.user_profile(snapshot.user_id), listed),
+        "listed_identifier": snapshot.identifier,
         "public_metadata": snapshot.public_metadata,
         "created_at": snapshot.created_at,
         "updated_at": snapshot.updated_at,

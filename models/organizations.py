@@ -14,7 +14,7 @@ from typing import Any
 
 from models.tombstones import DELETED, ORGANIZATION, Tombstone
 from models.unit_of_work import UnitOfWork
-from models.versioned import MEMBERSHIPS, ORGANIZATIONS
+from models.versioned import DOMAINS, INVITATIONS, MEMBERSHIPS, ORGANIZATIONS
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,9 @@ def write_organization(work: UnitOfWork, snapshot: OrganizationSnapshot) -> bool
 
 
 def delete_organization(work: UnitOfWork, organization_id: str, deleted_at: int) -> None:
-    """Delete the organization and its members, and tombstone it for good: Clerk never reuses
-    organization ids, so no later event for this id can be newer than the deletion."""
+    """Delete the organization, its members, invitations and domains, and tombstone it for
+    good: Clerk never reuses organization ids, so no later event for this id can be newer than
+    the deletion."""
     work.lock_organization(organization_id)
     work.bury(
         Tombstone(
@@ -64,4 +65,6 @@ def delete_organization(work: UnitOfWork, organization_id: str, deleted_at: int)
         )
     )
     work.delete_where(MEMBERSHIPS, "organization_id", organization_id)
+    work.delete_where(INVITATIONS, "organization_id", organization_id)
+    work.delete_where(DOMAINS, "organization_id", organization_id)
     work.delete(ORGANIZATIONS, organization_id)

@@ -23,7 +23,11 @@ from sqlalchemy import Connection, Table, delete, func, select, text
 from models.events import APPLIED
 from models.tables import (
     metadata,
+    organization_domains,
+    organization_invitations,
     organization_memberships,
+    organization_permissions,
+    organization_roles,
     organizations,
     tombstones,
     users,
@@ -34,6 +38,10 @@ SYNCED_TABLES: Final[tuple[Table, ...]] = (
     organizations,
     organization_memberships,
     users,
+    organization_roles,
+    organization_permissions,
+    organization_invitations,
+    organization_domains,
     tombstones,
 )
 """What ``rebuild`` re-makes, referenced tables first."""

@@ -129,7 +129,7 @@ organization_invitations = Table(
     metadata,
     Column("id", String(64), primary_key=True),
     Column("organization_id", String(64), nullable=False, index=True),
-    Column("email_address", Text, nullable=False, index=True),
+    Column("email_address", Text, index=True),
     Column("role", Text, nullable=False),
     Column("role_name", Text),
     Column("status", Text, nullable=False),

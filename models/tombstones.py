@@ -17,6 +17,9 @@ from models.tables import tombstones
 ORGANIZATION: Final = "organization"
 ORGANIZATION_MEMBERSHIP: Final = "organization_membership"
 USER: Final = "user"
+ROLE: Final = "role"
+PERMISSION: Final = "permission"
+ORGANIZATION_DOMAIN: Final = "organization_domain"
 
 DELETED: Final = "deleted"
 SUPERSEDED: Final = "superseded"

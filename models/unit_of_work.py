@@ -31,7 +31,22 @@ from typing import Any
 from sqlalchemy import Connection
 
 from models.changes.sources import SOURCE_PARAMETER, run_deletions
-from models.locks import lock_organization, lock_user, take_locks
+from models.derived import (
+    DerivedState,
+    Profile,
+    RoleBook,
+    profiles_of,
+    refresh_permissions,
+    refresh_profiles,
+)
+from models.locks import (
+    ROLES_KEY,
+    lock_entity,
+    lock_organization,
+    lock_roles,
+    lock_user,
+    take_locks,
+)
 from models.lookups import (
     Holder,
     find_holder,
@@ -43,7 +58,14 @@ from models.lookups import (
     tombstones_of,
 )
 from models.statements import bound
-from models.tables import organization_memberships, organizations, tombstones
+from models.tables import (
+    organization_memberships,
+    organization_permissions,
+    organization_roles,
+    organizations,
+    tombstones,
+    users,
+)
 from models.tombstones import (
     Tombstone,
     bury_many_statement,
@@ -78,8 +100,8 @@ class UnitOfWork:
         each change in the change feed (``models.changes.sources``)."""
         self._alone = alone
         self._repair = repair
-        self._rows: dict[str, dict[str, dict[str, Any]]] = {}
-        """Table → id → the stored row, for the rows read with ``read_rows``."""
+        self._rows: dict[str, dict[str, dict[str, Any] | None]] = {}
+        """Table → id → the stored row (None: none), for the ids read with ``read_rows``."""
         self._held: set[str] = set()
         self._tombstones: dict[Pair, Tombstone | None] | None = None
         """(entity_type, entity_id) → its tombstone or None, for the entities read ahead."""
@@ -88,18 +110,29 @@ class UnitOfWork:
         self._versions: dict[str, dict[str, tuple[int, ...]]] = {}
         """Table → id → a version its row is known to hold at least, for the tables read ahead."""
         self._queue: WriteQueue | None = None
+        self._derived = DerivedState()
 
     # -- locks ------------------------------------------------------------------------------
 
     def take_locks(
-        self, organization_ids: Iterable[str], user_ids: Iterable[str], *, wait: bool = True
+        self,
+        organization_ids: Iterable[str],
+        user_ids: Iterable[str],
+        *,
+        wait: bool = True,
+        entities: Iterable[str] = (),
+        roles: str | None = None,
     ) -> set[str]:
         """Take these locks up front (``models.locks.take_locks``); returns the lock keys *not*
         taken (none when waiting)."""
         if self._alone:
             return set()
-        held, busy = take_locks(self.connection, organization_ids, user_ids, wait=wait)
+        held, busy = take_locks(
+            self.connection, organization_ids, user_ids, wait=wait, entities=entities, roles=roles
+        )
         self._held |= held
+        if ROLES_KEY in held:
+            self._derived.roles_mode = roles
         return busy
 
     def lock_organization(self, organization_id: str) -> None:
@@ -109,6 +142,16 @@ class UnitOfWork:
     def lock_user(self, user_id: str) -> None:
         if not self._alone:
             lock_user(self.connection, user_id, self._held)
+
+    def lock_entity(self, key: str) -> None:
+        if not self._alone:
+            lock_entity(self.connection, key, self._held)
+
+    def lock_roles(self, mode: str) -> None:
+        """The roles lock (``models.locks.lock_roles``), once per transaction and mode."""
+        if not self._alone:
+            derived = self._derived
+            derived.roles_mode = lock_roles(self.connection, mode, derived.roles_mode)
 
     # -- read ahead -------------------------------------------------------------------------
 
@@ -128,12 +171,22 @@ class UnitOfWork:
             self.connection, organization_ids
         )
 
+    def read_profiles(self, user_ids: Sequence[str]) -> None:
+        """Read the ``users`` rows of these members at once (their versions and profiles, which
+        the membership upserts derive columns from); call it holding their locks."""
+        found = profiles_of(self.connection, user_ids)
+        self._derived.profiles = {key: profile for key, (_, profile) in found.items()}
+        versions = self._versions.setdefault(users.name, {})
+        versions.update((key, version) for key, (version, _) in found.items() if version)
+
     def read_rows(self, kind: Versioned, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Read the stored rows of these ids in one query and return them (id → row); call it
         holding their locks. Their versions are then known, so an upsert of a version these rows
         hold already is skipped without a statement (or, with ``repair``, compared)."""
         found = stored_rows(self.connection, kind.table, ids)
-        self._rows.setdefault(kind.name, {}).update(found)
+        rows = self._rows.setdefault(kind.name, {})
+        rows.update(dict.fromkeys(ids))  # asked for and not stored: None
+        rows.update(found)
         versions = self._versions.setdefault(kind.name, {})
         for key, row in found.items():
             versions[key] = kind.version_of(row)
@@ -146,6 +199,7 @@ class UnitOfWork:
             if known is not None:
                 known.clear()
         self._rows.clear()
+        self._derived.forget()
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -165,6 +219,30 @@ class UnitOfWork:
             return known[first], known[second]
         self._write_queued(tombstones.name)
         return find_two_tombstones(self.connection, first, second)
+
+    def role_book(self) -> RoleBook:
+        """The stored roles and permissions, read once per transaction (hold the roles lock)."""
+        derived = self._derived
+        if derived.book is None:
+            self._write_queued(organization_roles.name)
+            self._write_queued(organization_permissions.name)
+            derived.book = RoleBook.read(self.connection)
+            for table, versions in derived.book.versions.items():
+                self._versions[table] = dict(versions)
+        return derived.book
+
+    def stored_row(self, kind: Versioned, row_id: str) -> dict[str, Any] | None:
+        """The stored row ``row_id`` of a table keyed by ``id`` (its queued rows written first)."""
+        self._write_queued(kind.name)
+        return stored_rows(self.connection, kind.table, [row_id]).get(row_id)
+
+    def user_profile(self, user_id: str) -> Profile | None:
+        """What the member's ``users`` row says (None: no row); hold the user's lock."""
+        known = self._derived.profiles
+        if known is not None and user_id in known:
+            return known[user_id]
+        self._write_queued(users.name)
+        return profiles_of(self.connection, [user_id])[user_id][1]
 
     def holder(self, organization_id: str, user_id: str, other_than: str) -> Holder | None:
         """The membership, other than ``other_than``, holding (organization, user), if any."""
@@ -222,13 +300,25 @@ class UnitOfWork:
     def _written(self, kind: Versioned, values: dict[str, Any], written: bool) -> None:
         if not written:
             return
+        self._derived.written(kind.name, values)
         rows = self._rows.get(kind.name)
-        if rows is not None and values["id"] in rows:
+        known = rows is not None and values["id"] in rows
+        before = rows.get(values["id"]) if rows is not None else None
+        if rows is not None and known:
             rows[values["id"]] = values
         if kind.table is organization_memberships:
             # The row now holds this pair, and no longer the pair it held (should it have moved).
             pair = (values["organization_id"], values["user_id"])
-            self._forget_holders(lambda key, holders: key == pair or _holds(holders, values["id"]))
+            if known and self._holders is not None:
+                # Read with ``read_rows``: the pair it held is known (holders are read ahead
+                # under the same locks), no need to look through every holder.
+                self._holders.pop(pair, None)
+                if before is not None:
+                    self._holders.pop((before["organization_id"], before["user_id"]), None)
+            else:
+                self._forget_holders(
+                    lambda key, holders: key == pair or _holds(holders, values["id"])
+                )
 
     def replace(self, kind: Versioned, old_id: str, values: dict[str, Any]) -> bool:
         """Delete the row ``old_id`` (buried already) and upsert ``values`` in its place: the
@@ -252,6 +342,7 @@ class UnitOfWork:
         if kind.table is organization_memberships:
             self._forget_holders(lambda _key, holders: _holds(holders, row_id))
         self._forget_version(kind, row_id)
+        self._derived.deleted(kind.name, row_id)
 
         def matches(row: dict[str, Any]) -> bool:
             return row["id"] == row_id and (
@@ -284,6 +375,13 @@ class UnitOfWork:
             self.connection, statement, [{"p_value": value, SOURCE_PARAMETER: self.source}]
         )
 
+    def erase_where(self, kind: Versioned, column: str, value: str, erased: str) -> None:
+        """Set ``erased`` to null in the rows whose ``column`` is ``value``, at once (the
+        table's queued rows written first)."""
+        self._write_queued(kind.name)
+        statement = kind.blank_where(self.connection, column, erased)
+        self.connection.execute(statement, {"p_value": value})
+
     def bury(self, tombstone: Tombstone) -> None:
         """Record a deletion; burying the same entity again keeps the widest claim.
 
@@ -314,8 +412,40 @@ class UnitOfWork:
         try:
             yield
             self._queue.write_all(self.connection)
+            self._refresh()
         finally:
             self._queue = None
+
+    # -- derived columns (``models.derived``) ------------------------------------------------
+
+    def refresh_permissions(self, role_keys: Iterable[str]) -> None:
+        """Recompute the ``permissions`` of the memberships holding these role keys: now, or,
+        while writing together, once the queued rows are written."""
+        self._derived.role_keys.update(role_keys)
+        if self._queue is None:
+            self._refresh()
+
+    def refresh_profiles(self, user_id: str) -> None:
+        """Recompute the profile columns of the user's memberships from its ``users`` row: now,
+        or, while writing together, once the queued rows are written."""
+        self._derived.user_ids.add(user_id)
+        if self._queue is None:
+            self._refresh()
+
+    def _refresh(self) -> None:
+        derived = self._derived
+        if not (derived.role_keys or derived.user_ids):
+            return
+        for table in (users.name, organization_memberships.name):
+            self._write_queued(table)
+        if derived.role_keys:
+            book = self.role_book()
+            for key in sorted(derived.role_keys):
+                refresh_permissions(self.connection, key, book.permissions_of(key), self.source)
+            derived.role_keys.clear()
+        if derived.user_ids:
+            refresh_profiles(self.connection, sorted(derived.user_ids), self.source)
+            derived.user_ids.clear()
 
     # -- bookkeeping ------------------------------------------------------------------------
 

@@ -5,6 +5,8 @@ memberships in every organization.
 - Tombstones never resurrect: a deleted user's id is refused for good, here and by
   ``upsert_membership``.
 - Create-on-update: ``created`` and ``updated`` are the same upsert.
+- Propagation: a written user recomputes the profile columns of its memberships
+  (``models.derived``); a deleted one leaves no email address on the invitations it accepted.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from models.tombstones import DELETED, USER, Tombstone
 from models.unit_of_work import UnitOfWork
-from models.versioned import MEMBERSHIPS, USERS
+from models.versioned import INVITATIONS, MEMBERSHIPS, USERS
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,10 @@ def upsert_user(work: UnitOfWork, snapshot: UserSnapshot) -> bool:
     work.lock_user(snapshot.id)
     if work.tombstone(USER, snapshot.id) is not None:
         return False
-    return work.upsert(USERS, {**vars(snapshot), "synced_at": datetime.now(UTC)})
+    written = work.upsert(USERS, {**vars(snapshot), "synced_at": datetime.now(UTC)})
+    if written:
+        work.refresh_profiles(snapshot.id)  # the profile columns of the user's memberships
+    return written
 
 
 def delete_user(work: UnitOfWork, user_id: str, deleted_at: int) -> None:
@@ -61,3 +66,4 @@ def delete_user(work: UnitOfWork, user_id: str, deleted_at: int) -> None:
     )
     work.delete_where(MEMBERSHIPS, "user_id", user_id)
     work.delete(USERS, user_id)
+    work.erase_where(INVITATIONS, "user_id", user_id, "email_address")

@@ -7,11 +7,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import Connection, Table, and_, bindparam, delete, or_
+from sqlalchemy import Connection, Table, and_, bindparam, delete, or_, update
 
 from models.changes.sources import deletion_source_clause
 from models.statements import cached_statement, insert_row, insert_rows
-from models.tables import organization_memberships, organizations, users
+from models.tables import (
+    organization_domains,
+    organization_invitations,
+    organization_memberships,
+    organization_permissions,
+    organization_roles,
+    organizations,
+    users,
+)
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,20 @@ class Versioned:
             f"delete_where:{self.name}:{column}",
             lambda connection: _attributed(
                 connection, delete(self.table).where(self.table.c[column] == bindparam("p_value"))
+            ),
+        )
+
+    def blank_where(self, connection: Connection, column: str, blanked: str) -> Any:
+        """Set ``blanked`` to null in the rows whose ``column`` is ``:p_value`` (erasure)."""
+        return cached_statement(
+            connection,
+            f"blank_where:{self.name}:{column}:{blanked}",
+            lambda _connection: (
+                update(self.table)
+                .where(
+                    self.table.c[column] == bindparam("p_value"), self.table.c[blanked].is_not(None)
+                )
+                .values({blanked: None})
             ),
         )
 
@@ -135,3 +157,9 @@ MEMBERSHIPS: Final = Versioned(
 )
 """A membership's version is (``created_at``, ``updated_at``): ``created_at`` tells its
 incarnations apart (a user removed and re-added), ``updated_at`` orders changes within one."""
+ROLES: Final = Versioned(organization_roles, version=("updated_at",))
+PERMISSIONS: Final = Versioned(organization_permissions, version=("updated_at",))
+INVITATIONS: Final = Versioned(organization_invitations, version=("updated_at",))
+DOMAINS: Final = Versioned(organization_domains, version=("updated_at",))
+"""Roles, permissions, invitations and domains move only to a newer ``updated_at``: Clerk never
+reuses their ids, and an invitation's status changes only with a newer ``updated_at``."""

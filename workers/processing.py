@@ -223,7 +223,13 @@ def prepare(work: UnitOfWork, documents: Sequence[Any], *, wait: bool = True) ->
     everything = Targets()
     for payload_targets in targets:
         everything.merge(payload_targets)
-    busy = work.take_locks(everything.organizations, everything.users, wait=wait)
+    busy = work.take_locks(
+        everything.organizations,
+        everything.users,
+        wait=wait,
+        entities=everything.entities,
+        roles=everything.roles,
+    )
     ready = [not (busy and payload_targets.lock_keys() & busy) for payload_targets in targets]
     runnable = Targets()
     for payload_targets, is_ready in zip(targets, ready, strict=True):
@@ -232,6 +238,7 @@ def prepare(work: UnitOfWork, documents: Sequence[Any], *, wait: bool = True) ->
     work.read_ahead(
         sorted(runnable.tombstones), sorted(runnable.holders), sorted(runnable.organizations)
     )
+    work.read_profiles(sorted(runnable.users))
     return ready
 
 

@@ -104,9 +104,17 @@ class ClerkHistory:
 
     def expected_memberships(self) -> list[dict[str, Any]]:
         return sorted(
-            (expected_membership(data) for data in self.members.values()),
+            (
+                expected_membership(data, self._user_row(data["public_user_data"]["user_id"]))
+                for data in self.members.values()
+            ),
             key=lambda row: row["id"],
         )
+
+    def _user_row(self, user_id: str) -> dict[str, Any] | None:
+        """The member's ``users`` row, whose profile the membership's columns take."""
+        data = self.people.get(user_id)
+        return None if data is None else expected_user(data)
 
     def expected_users(self) -> list[dict[str, Any]]:
         return [expected_user(data) for _, data in sorted(self.people.items())]

@@ -42,7 +42,9 @@ def deliver(
     )
 
 
-def rows(engine: Engine, table: Table, *, without: tuple[str, ...] = ("synced_at",)) -> list[dict]:
+def rows(
+    engine: Engine, table: Table, *, without: tuple[str, ...] = ("synced_at", "synced_by")
+) -> list[dict]:
     """All rows of ``table`` as dicts, ordered by primary key, minus the ``without`` columns."""
     key = list(table.primary_key.columns)
     with engine.connect() as connection:
@@ -128,19 +130,42 @@ def expected_organization(data: dict[str, Any], workspace_key: str = WORKSPACE_K
     }
 
 
-def expected_membership(data: dict[str, Any]) -> dict:
-    """The row a membership payload (``data`` of organizationMembership.created) should produce."""
-    user = data["public_user_data"]
+def expected_membership(
+    data: dict[str, Any],
+    user: dict[str, Any] | None = None,
+    granted: list[str] | None = None,
+) -> dict:
+    """The row a membership payload (``data`` of organizationMembership.created) should produce:
+    with the member's ``users`` row (``expected_user``) the profile columns come from it, and
+    with a stored role holding its key, ``permissions`` are the keys it ``granted``
+    (``models.derived``)."""
+    member = data["public_user_data"]
+    profile = {
+        "identifier": member["identifier"],
+        "first_name": member["first_name"],
+        "last_name": member["last_name"],
+        "image_url": member["image_url"],
+    }
+    if user is not None:
+        identifier = [user["primary_email_address"], user["username"], member["identifier"]]
+        profile = {
+            "identifier": next((value for value in identifier if value is not None), None),
+            "first_name": user["first_name"],
+            "last_name": user["last_name"],
+            "image_url": user["image_url"],
+        }
     return {
         "id": data["id"],
         "organization_id": data["organization"]["id"],
-        "user_id": user["user_id"],
+        "user_id": member["user_id"],
         "role": data["role"],
-        "permissions": data["permissions"],
-        "identifier": user["identifier"],
-        "first_name": user["first_name"],
-        "last_name": user["last_name"],
-        "image_url": user["image_url"],
+        "permissions": data["permissions"] if granted is None else granted,
+        "listed_permissions": data["permissions"],
+        "identifier": profile["identifier"],
+        "listed_identifier": member["identifier"],
+        "first_name": profile["first_name"],
+        "last_name": profile["last_name"],
+        "image_url": profile["image_url"],
         "public_metadata": data["public_metadata"],
         "created_at": data["created_at"],
         "updated_at": data["updated_at"],

@@ -8,8 +8,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from models.locks import lock_keys
-from workers.handlers import memberships, organizations, users
+from models.locks import ROLES_KEY, lock_keys, stronger
+from workers.handlers import (
+    domains,
+    invitations,
+    memberships,
+    organizations,
+    permissions,
+    roles,
+    users,
+)
 from workers.handlers.family import EventFamily, Handler
 
 __all__ = [
@@ -24,7 +32,16 @@ __all__ = [
 ]
 
 FAMILIES: Final[dict[str, EventFamily]] = {
-    family.name: family for family in (organizations.FAMILY, memberships.FAMILY, users.FAMILY)
+    family.name: family
+    for family in (
+        organizations.FAMILY,
+        memberships.FAMILY,
+        users.FAMILY,
+        roles.FAMILY,
+        permissions.FAMILY,
+        invitations.FAMILY,
+        domains.FAMILY,
+    )
 }
 """Event family by name, the part of an event type before its first dot."""
 
@@ -75,6 +92,8 @@ class Targets:
     users: set[str] = field(default_factory=set)
     tombstones: set[tuple[str, str]] = field(default_factory=set)
     holders: set[tuple[str, str]] = field(default_factory=set)
+    entities: set[str] = field(default_factory=set)
+    roles: str | None = None
 
     @classmethod
     def of(cls, document: Any) -> Targets:
@@ -87,9 +106,12 @@ class Targets:
         self.users |= other.users
         self.tombstones |= other.tombstones
         self.holders |= other.holders
+        self.entities |= other.entities
+        self.roles = stronger(self.roles, other.roles)
 
     def lock_keys(self) -> set[str]:
-        return lock_keys(self.organizations, self.users)
+        roles_key = {ROLES_KEY} if self.roles is not None else set()
+        return lock_keys(self.organizations, self.users) | self.entities | roles_key
 
     def add(self, document: Any) -> None:
         """Add what the handler of this (parsed) payload touches, as its family reads it."""

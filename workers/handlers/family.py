@@ -21,6 +21,10 @@ class TargetSink(Protocol):
     users: set[str]
     tombstones: set[tuple[str, str]]
     holders: set[tuple[str, str]]
+    entities: set[str]
+    """Lock keys of entities no organization lock covers (``models.locks.entity_key``)."""
+    roles: str | None
+    """The mode of the roles lock the handler takes (``models.locks.SHARED``/``EXCLUSIVE``)."""
 
 
 @dataclass(frozen=True)

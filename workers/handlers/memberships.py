@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from models.locks import SHARED, stronger
 from models.memberships import MembershipSnapshot, delete_membership, upsert_membership
 from models.tombstones import ORGANIZATION, ORGANIZATION_MEMBERSHIP, USER
 from models.unit_of_work import UnitOfWork
@@ -119,6 +120,8 @@ def add_targets(targets: TargetSink, action: str, data: Mapping[str, Any]) -> No
             targets.tombstones.add((ORGANIZATION_MEMBERSHIP, ids.membership_id))
     if ids.user_id:
         targets.tombstones.add((USER, ids.user_id))
+    if action != "deleted":
+        targets.roles = stronger(targets.roles, SHARED)  # its permissions come from the roles
     if action != "deleted" and ids.user_id:
         targets.users.add(ids.user_id)
         if ids.organization_id:

@@ -62,7 +62,7 @@ def upgrade() -> None:
         "organization_invitations",
         sa.Column("id", sa.String(64), nullable=False),
         sa.Column("organization_id", sa.String(64), nullable=False),
-        sa.Column("email_address", sa.Text(), nullable=False),
+        sa.Column("email_address", sa.Text(), nullable=True),
         sa.Column("role", sa.Text(), nullable=False),
         sa.Column("role_name", sa.Text(), nullable=True),
         sa.Column("status", sa.Text(), nullable=False),
