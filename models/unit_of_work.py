@@ -18,6 +18,10 @@ read and written; the unit of work decides *when*, and what it can answer withou
   ``repair``, an upsert at the *same* version whose content differs from that row overwrites
   it (Clerk's copy wins: content drift that no version change would ever heal).
 
+- **Derived columns.** A membership's ``permissions`` and profile columns follow the stored
+  roles and users (``models.unit_of_work_derived``): read once per transaction, recomputed
+  after the queued rows are written.
+
 Built on a bare connection, a unit of work remembers nothing and writes everything at once:
 that is how single events and the tests use the rules.
 """
@@ -31,22 +35,8 @@ from typing import Any
 from sqlalchemy import Connection
 
 from models.changes.sources import SOURCE_PARAMETER, run_deletions
-from models.derived import (
-    DerivedState,
-    Profile,
-    RoleBook,
-    profiles_of,
-    refresh_permissions,
-    refresh_profiles,
-)
-from models.locks import (
-    ROLES_KEY,
-    lock_entity,
-    lock_organization,
-    lock_roles,
-    lock_user,
-    take_locks,
-)
+from models.derived import DerivedState
+from models.locks import ROLES_KEY, lock_entity, lock_organization, lock_user, take_locks
 from models.lookups import (
     Holder,
     find_holder,
@@ -60,11 +50,8 @@ from models.lookups import (
 from models.statements import bound
 from models.tables import (
     organization_memberships,
-    organization_permissions,
-    organization_roles,
     organizations,
     tombstones,
-    users,
 )
 from models.tombstones import (
     Tombstone,
@@ -74,6 +61,7 @@ from models.tombstones import (
     tombstone_values,
     widest,
 )
+from models.unit_of_work_derived import DerivedColumns
 from models.versioned import Versioned
 from models.write_queue import WriteQueue
 
@@ -81,7 +69,7 @@ _MISSING: Any = object()
 Pair = tuple[str, str]
 
 
-class UnitOfWork:
+class UnitOfWork(DerivedColumns):
     """The reads and writes of one transaction's mutations (see the module docstring)."""
 
     def __init__(
@@ -147,12 +135,6 @@ class UnitOfWork:
         if not self._alone:
             lock_entity(self.connection, key, self._held)
 
-    def lock_roles(self, mode: str) -> None:
-        """The roles lock (``models.locks.lock_roles``), once per transaction and mode."""
-        if not self._alone:
-            derived = self._derived
-            derived.roles_mode = lock_roles(self.connection, mode, derived.roles_mode)
-
     # -- read ahead -------------------------------------------------------------------------
 
     def read_ahead(
@@ -170,14 +152,6 @@ class UnitOfWork:
         self._versions[organizations.name] = organization_versions_of(
             self.connection, organization_ids
         )
-
-    def read_profiles(self, user_ids: Sequence[str]) -> None:
-        """Read the ``users`` rows of these members at once (their versions and profiles, which
-        the membership upserts derive columns from); call it holding their locks."""
-        found = profiles_of(self.connection, user_ids)
-        self._derived.profiles = {key: profile for key, (_, profile) in found.items()}
-        versions = self._versions.setdefault(users.name, {})
-        versions.update((key, version) for key, (version, _) in found.items() if version)
 
     def read_rows(self, kind: Versioned, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Read the stored rows of these ids in one query and return them (id → row); call it
@@ -220,29 +194,10 @@ class UnitOfWork:
         self._write_queued(tombstones.name)
         return find_two_tombstones(self.connection, first, second)
 
-    def role_book(self) -> RoleBook:
-        """The stored roles and permissions, read once per transaction (hold the roles lock)."""
-        derived = self._derived
-        if derived.book is None:
-            self._write_queued(organization_roles.name)
-            self._write_queued(organization_permissions.name)
-            derived.book = RoleBook.read(self.connection)
-            for table, versions in derived.book.versions.items():
-                self._versions[table] = dict(versions)
-        return derived.book
-
     def stored_row(self, kind: Versioned, row_id: str) -> dict[str, Any] | None:
         """The stored row ``row_id`` of a table keyed by ``id`` (its queued rows written first)."""
         self._write_queued(kind.name)
         return stored_rows(self.connection, kind.table, [row_id]).get(row_id)
-
-    def user_profile(self, user_id: str) -> Profile | None:
-        """What the member's ``users`` row says (None: no row); hold the user's lock."""
-        known = self._derived.profiles
-        if known is not None and user_id in known:
-            return known[user_id]
-        self._write_queued(users.name)
-        return profiles_of(self.connection, [user_id])[user_id][1]
 
     def holder(self, organization_id: str, user_id: str, other_than: str) -> Holder | None:
         """The membership, other than ``other_than``, holding (organization, user), if any."""
@@ -415,37 +370,6 @@ class UnitOfWork:
             self._refresh()
         finally:
             self._queue = None
-
-    # -- derived columns (``models.derived``) ------------------------------------------------
-
-    def refresh_permissions(self, role_keys: Iterable[str]) -> None:
-        """Recompute the ``permissions`` of the memberships holding these role keys: now, or,
-        while writing together, once the queued rows are written."""
-        self._derived.role_keys.update(role_keys)
-        if self._queue is None:
-            self._refresh()
-
-    def refresh_profiles(self, user_id: str) -> None:
-        """Recompute the profile columns of the user's memberships from its ``users`` row: now,
-        or, while writing together, once the queued rows are written."""
-        self._derived.user_ids.add(user_id)
-        if self._queue is None:
-            self._refresh()
-
-    def _refresh(self) -> None:
-        derived = self._derived
-        if not (derived.role_keys or derived.user_ids):
-            return
-        for table in (users.name, organization_memberships.name):
-            self._write_queued(table)
-        if derived.role_keys:
-            book = self.role_book()
-            for key in sorted(derived.role_keys):
-                refresh_permissions(self.connection, key, book.permissions_of(key), self.source)
-            derived.role_keys.clear()
-        if derived.user_ids:
-            refresh_profiles(self.connection, sorted(derived.user_ids), self.source)
-            derived.user_ids.clear()
 
     # -- bookkeeping ------------------------------------------------------------------------
 

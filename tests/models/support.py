@@ -7,6 +7,7 @@ Celery task does, so these tests exercise the handlers, the inbox and the mutati
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sqlalchemy import Engine, Table, select
@@ -109,9 +110,16 @@ def inbox_row(engine: Engine, svix_id: str) -> dict | None:
 
 
 def workspace_of(public_metadata: dict[str, Any], key: str = WORKSPACE_KEY) -> str | None:
-    """The documented rule: public_metadata[key] as text, null when absent or empty."""
+    """The documented rule: public_metadata[key] as text (a string as it is, anything else as
+    compact JSON with sorted keys), null when absent or empty."""
     value = public_metadata.get(key)
-    return None if value is None or value == "" else str(value)
+    if value is None or value == "":
+        return None
+    return (
+        value
+        if isinstance(value, str)
+        else json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    )
 
 
 def expected_organization(data: dict[str, Any], workspace_key: str = WORKSPACE_KEY) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, select
@@ -249,6 +250,25 @@ def test_workspace_id_comes_from_the_default_key(engine: Engine) -> None:
         "org_empty": None,
         "org_number": "42",
     }
+
+
+def test_workspace_id_of_a_value_that_is_no_string_is_its_json_text(engine: Engine) -> None:
+    """Not Python's ``str()``: ``True`` is ``true``, an object is compact JSON (sorted keys),
+    so an application can parse what it reads."""
+    values = {
+        "org_true": (True, "true"),
+        "org_false": (False, "false"),
+        "org_float": (1.5, "1.5"),
+        "org_dict": ({"b": [1, None], "a": "ü"}, '{"a":"ü","b":[1,null]}'),
+        "org_list": (["x", 2], '["x",2]'),
+    }
+    for organization_id, (value, _) in values.items():
+        data = organization_data(organization_id, public_metadata={"convexWorkspaceId": value})
+        deliver(engine, event("organization.created", data))
+
+    workspaces = {row["id"]: row["workspace_id"] for row in organization_rows(engine)}
+    assert workspaces == {key: text for key, (_, text) in values.items()}
+    assert json.loads(workspaces["org_dict"]) == {"b": [1, None], "a": "ü"}
 
 
 def test_workspace_id_follows_a_custom_key(engine: Engine) -> None:

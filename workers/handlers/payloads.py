@@ -3,6 +3,7 @@ mutation needs is a ``PoisonEventError``: retrying cannot fix it, so it is dead-
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -92,13 +93,24 @@ def organization_snapshot(
         name=require(data, "name", str, where),
         slug=optional(data, "slug", str),
         image_url=optional(data, "image_url", str),
-        workspace_id=None if workspace is None or workspace == "" else str(workspace),
+        workspace_id=metadata_text(workspace),
         public_metadata=public_metadata,
         created_by=optional(data, "created_by", str),
         max_allowed_memberships=optional(data, "max_allowed_memberships", int),
         created_at=require_timestamp(data, "created_at", where),
         updated_at=require_timestamp(data, "updated_at", where),
     )
+
+
+def metadata_text(value: Any) -> str | None:
+    """A metadata value as text: a string as it is, anything else (number, boolean, object,
+    list) as compact JSON with sorted keys (``true``, ``42``, ``{"a":1}``), never Python's
+    ``str()``; None when absent, null or empty."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
