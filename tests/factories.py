@@ -11,29 +11,41 @@ from svix.webhooks import Webhook
 
 from clerk_sync.cli.clerk_payloads import (
     BASE_TIME_MS,
+    deleted_object_data,
     deleted_organization_data,
     deleted_user_data,
+    domain_data,
     email_address_data,
     event,
+    invitation_data,
     membership_data,
     new_id,
     organization_data,
+    permission_data,
+    role_data,
     user_data,
+    verification_data,
 )
 
 __all__ = [
     "BASE_TIME_MS",
     "body_of",
+    "deleted_object_data",
     "deleted_organization_data",
     "deleted_user_data",
+    "domain_data",
     "email_address_data",
     "event",
+    "invitation_data",
     "membership_data",
     "new_id",
     "new_svix_id",
     "organization_data",
+    "permission_data",
+    "role_data",
     "signed_headers",
     "user_data",
+    "verification_data",
 ]
 
 

@@ -192,6 +192,173 @@ def deleted_user_data(user_id: str, external_id: str | None = None) -> dict[str,
     return data
 
 
+def permission_data(
+    permission_id: str | None = None,
+    *,
+    key: str = "org:reports:read",
+    name: str = "Read reports",
+    description: str = "View the organization's reports",
+    created_at: int = BASE_TIME_MS,
+    updated_at: int | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """A Clerk Permission (``permission.*`` data, or embedded in a role)."""
+    data: dict[str, Any] = {
+        "object": "permission",
+        "id": permission_id or new_id("perm"),
+        "name": name,
+        "key": key,
+        "description": description,
+        "type": "custom",
+        "created_at": created_at,
+        "updated_at": created_at if updated_at is None else updated_at,
+    }
+    data.update(overrides)
+    return data
+
+
+def role_data(
+    role_id: str | None = None,
+    *,
+    key: str = "org:billing_manager",
+    name: str = "Billing Manager",
+    description: str | None = "Can read reports and manage billing for the organization",
+    permissions: list[dict[str, Any]] | None = None,
+    created_at: int = BASE_TIME_MS,
+    updated_at: int | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """A Clerk Role (``role.*`` data), embedding the full permissions it grants."""
+    data: dict[str, Any] = {
+        "object": "role",
+        "id": role_id or new_id("role"),
+        "name": name,
+        "key": key,
+        "description": description,
+        "is_creator_eligible": False,
+        "permissions": permissions if permissions is not None else [],
+        "created_at": created_at,
+        "updated_at": created_at if updated_at is None else updated_at,
+    }
+    data.update(overrides)
+    return data
+
+
+def deleted_object_data(kind: str, object_id: str) -> dict[str, Any]:
+    """``role.deleted``, ``permission.deleted``, ``organizationDomain.deleted`` data: a
+    DeletedObject (``kind`` is its ``object``: ``role``, ``permission``,
+    ``organization_domain``); a role's has ``slug: null`` as in Clerk's example."""
+    data: dict[str, Any] = {"deleted": True, "id": object_id, "object": kind}
+    if kind == "role":
+        data["slug"] = None
+    return data
+
+
+def invitation_data(
+    organization_id: str,
+    *,
+    invitation_id: str | None = None,
+    email: str | None = "jane.tester@example.com",
+    role: str = "org:member",
+    status: str = "pending",
+    inviter: dict[str, Any] | None = None,
+    accepted_by: str | None = None,
+    created_at: int = BASE_TIME_MS,
+    updated_at: int | None = None,
+    public_metadata: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """A Clerk OrganizationInvitation (``organizationInvitation.*`` data); ``inviter`` is a
+    ``user_data`` whose public data is copied, ``accepted_by`` the accepting user's id (then
+    ``user_id`` is set, as on ``.accepted``)."""
+    inviter_data = None
+    if inviter is not None:
+        inviter_data = {
+            "user_id": inviter["id"],
+            "first_name": inviter["first_name"],
+            "last_name": inviter["last_name"],
+            "image_url": inviter["image_url"],
+            "has_image": False,
+            "identifier": (inviter["email_addresses"] or [{"email_address": None}])[-1][
+                "email_address"
+            ],
+        }
+    data: dict[str, Any] = {
+        "object": "organization_invitation",
+        "id": invitation_id or new_id("orginv"),
+        "email_address": email,
+        "role": role,
+        "role_name": "Admin" if role == "org:admin" else "Member",
+        "organization_id": organization_id,
+        "inviter_id": None if inviter is None else inviter["id"],
+        "public_inviter_data": inviter_data,
+        "status": status,
+        "public_metadata": public_metadata if public_metadata is not None else {},
+        "private_metadata": {},
+        "url": "https://accounts.example.com/accept-invitation?token=FAKE-TOKEN",
+        "expires_at": created_at + 30 * 86_400_000,
+        "created_at": created_at,
+        "updated_at": created_at if updated_at is None else updated_at,
+    }
+    if accepted_by is not None:
+        data["user_id"] = accepted_by
+    data.update(overrides)
+    return data
+
+
+def verification_data(
+    status: str = "verified", strategy: str = "email_code", verified_at: int | None = None
+) -> dict[str, Any]:
+    """A domain's verification (affiliation, ownership, or the deprecated ``verification``)."""
+    return {
+        "status": status,
+        "strategy": strategy,
+        "attempts": 1,
+        "expire_at": None,
+        "verified_at": verified_at,
+    }
+
+
+def domain_data(
+    organization: dict[str, Any],
+    *,
+    domain_id: str | None = None,
+    name: str = "example.com",
+    enrollment_mode: str = "automatic_invitation",
+    affiliation: dict[str, Any] | None = None,
+    ownership: dict[str, Any] | None = None,
+    created_at: int = BASE_TIME_MS,
+    updated_at: int | None = None,
+    with_organization: bool = False,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """A Clerk OrganizationDomain (``organizationDomain.*`` data) of ``organization``;
+    ``affiliation`` is also sent as the deprecated ``verification``; ``with_organization`` adds
+    ``public_organization_data`` (as Clerk's ``.created`` example has it)."""
+    affiliation = verification_data() if affiliation is None else affiliation
+    data: dict[str, Any] = {
+        "object": "organization_domain",
+        "id": domain_id or new_id("orgdmn"),
+        "organization_id": organization["id"],
+        "name": name,
+        "enrollment_mode": enrollment_mode,
+        "affiliation_email_address": f"admin@{name}",
+        "affiliation_verification": affiliation,
+        "ownership_verification": ownership,
+        "verification": affiliation,
+        "total_pending_invitations": 0,
+        "total_pending_suggestions": 0,
+        "created_at": created_at,
+        "updated_at": created_at if updated_at is None else updated_at,
+    }
+    if with_organization:
+        data["public_organization_data"] = {
+            key: organization[key] for key in ("id", "name", "slug", "image_url", "has_image")
+        }
+    data.update(overrides)
+    return data
+
+
 def event(
     event_type: str,
     data: dict[str, Any],

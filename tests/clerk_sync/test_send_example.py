@@ -34,8 +34,13 @@ from clerk_sync.cli.example_payloads import (
     JANE_MEMBERSHIP_ID,
     JOHN_ID,
     JOHN_MEMBERSHIP_ID,
+    OLD_DOMAIN_ID,
     OLD_ORGANIZATION_ID,
+    OLD_PERMISSION_ID,
+    OLD_ROLE_ID,
     ORGANIZATION_ID,
+    PERMISSION_IDS,
+    ROLE_ID,
     WORKSPACE_ID,
     example_payloads,
 )
@@ -43,13 +48,24 @@ from ingress.app import WEBHOOK_PATH
 from models.events import APPLIED, RECEIVED
 from models.tables import (
     erasure_requests,
+    organization_domains,
+    organization_invitations,
     organization_memberships,
+    organization_permissions,
+    organization_roles,
     organizations,
     tombstones,
     users,
 )
 from models.tables import webhook_events as events_table
-from models.tombstones import ORGANIZATION, ORGANIZATION_MEMBERSHIP, USER
+from models.tombstones import (
+    ORGANIZATION,
+    ORGANIZATION_DOMAIN,
+    ORGANIZATION_MEMBERSHIP,
+    PERMISSION,
+    ROLE,
+    USER,
+)
 from tests.conftest import WEBHOOK_SECRET, wait_for
 from tests.factories import BASE_TIME_MS
 from tests.servers import answers, free_port
@@ -172,7 +188,36 @@ def test_every_example_is_accepted_applied_and_in_the_tables(dev: Dev) -> None:
         (ORGANIZATION_MEMBERSHIP, JOHN_MEMBERSHIP_ID),
         (USER, JOHN_ID),
         (ORGANIZATION, OLD_ORGANIZATION_ID),
+        (ORGANIZATION_DOMAIN, OLD_DOMAIN_ID),
+        (PERMISSION, OLD_PERMISSION_ID),
+        (ROLE, OLD_ROLE_ID),
     }
+    assert dev.rows(
+        select(
+            organization_roles.c.id, organization_roles.c.key, organization_roles.c.permission_ids
+        )
+    ) == [(ROLE_ID, "org:billing_manager", list(PERMISSION_IDS))]
+    assert dev.rows(
+        select(organization_permissions.c.key, organization_permissions.c.name).order_by(
+            organization_permissions.c.id
+        )
+    ) == [
+        ("org:reports:read", "Read and export reports"),
+        ("org:invoices:manage", "Manage invoices"),
+    ]
+    assert dev.rows(
+        select(organization_invitations.c.status, organization_invitations.c.user_id).order_by(
+            organization_invitations.c.id
+        )
+    ) == [("accepted", JANE_ID), ("revoked", None)]
+    assert dev.rows(
+        select(
+            organization_domains.c.name,
+            organization_domains.c.enrollment_mode,
+            organization_domains.c.verification_status,
+            organization_domains.c.ownership_verification_status,
+        )
+    ) == [("example.com", "automatic_suggestion", "verified", "verified")]
     # dev's worker embeds beat: John's deletion is erased from the stored events soon.
     wait_for(lambda: dev.rows(select(erasure_requests.c.user_id)) == [], 60)
     john_left = dev.rows(select(events_table.c.payload).where(events_table.c.user_id == JOHN_ID))
