@@ -160,7 +160,8 @@ def clear_live_tables(connection: Connection) -> None:
 
 @dataclass(frozen=True)
 class TableChange:
-    """How a table's rows would change: by primary key, ignoring ``synced_at``."""
+    """How a table's rows would change: by primary key, ignoring ``synced_at`` and
+    ``synced_by``."""
 
     table: str
     rows_before: int
@@ -178,7 +179,9 @@ def compare(
     changes = []
     for table in SYNCED_TABLES:
         key = ", ".join(column.name for column in table.primary_key.columns)
-        columns = ", ".join(column.name for column in table.columns if column.name != "synced_at")
+        columns = ", ".join(
+            column.name for column in table.columns if column.name not in ("synced_at", "synced_by")
+        )
         # Names from the table definitions, never from input.
         row = connection.execute(
             text(

@@ -164,6 +164,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
             ),
             "CLERK_SYNC_BATCH_SIZE": str(settings.batch_size),
             "CLERK_SYNC_BATCH_FLUSH_INTERVAL_MS": str(settings.batch_flush_interval_ms),
+            "CLERK_SYNC_CHANGES_TASK": settings.changes_task,
+            "CLERK_SYNC_CHANGES_QUEUE": settings.changes_queue,
+            "CLERK_SYNC_CHANGES_BROKER_URL": settings.changes_broker_url,
             # scripts/upgrade-canary runs the broker tests with newer libraries.
             "CLERK_SYNC_ALLOW_UNTESTED_VERSIONS": os.environ.get(
                 "CLERK_SYNC_ALLOW_UNTESTED_VERSIONS",

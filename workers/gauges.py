@@ -79,8 +79,7 @@ class PipelineGauges(Collector):
                 if connection.dialect.name == "postgresql":
                     connection.execute(SET_STATEMENT_TIMEOUT)
                 summary = summarise(connection)
-                feed = summarise_feed(connection)
-                fanned_out = read_position(connection, FANOUT_CONSUMER)
+                feed = summarise_feed(connection, read_position(connection, FANOUT_CONSUMER))
         except Exception as error:  # noqa: BLE001 - a failed read must never fail the scrape
             self._failed("database", error)
             return []
@@ -115,7 +114,7 @@ class PipelineGauges(Collector):
                     gauge(
                         "clerk_sync_changes_not_fanned_out",
                         "Changes not yet sent to the application's task (CLERK_SYNC_CHANGES_TASK).",
-                        max(0, feed.newest_id - fanned_out),
+                        feed.behind,
                     )
                 ]
                 if self._settings.changes_task

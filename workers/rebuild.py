@@ -21,13 +21,15 @@ from typing import Final
 from sqlalchemy import Connection, Engine, Table, func, select
 
 from clerk_sync.core.settings import Settings
-from models.changes import REBUILD
+from models.changes import REBUILD, newest_change_id
+from models.changes.rebuilds import add_triggers, forget_changes_after, record_differences
 from models.database import transaction
 from models.events import APPLIED, SKIPPED
 from models.inbox import applied_events_after
 from models.locks import hold_session_lock
 from models.rebuilding import (
     SHADOW_SCHEMA,
+    SYNCED_TABLES,
     TableChange,
     applied_since,
     carry_tombstones,
@@ -129,6 +131,9 @@ def _rebuild_beside(
                 caught_up = applied_since(connection, started - CLOCK_MARGIN)
                 failed = _apply(connection, settings, caught_up)
                 changes = compare(connection, live_table, shadow_table)
+                # The feed records the differences, and the new tables get its triggers.
+                record_differences(connection, SYNCED_TABLES, live_table, shadow_table)
+                add_triggers(connection, SHADOW_SCHEMA, SYNCED_TABLES)
                 swap(connection, live)
                 return len(caught_up), failed, changes
 
@@ -148,6 +153,7 @@ def _rebuild_in_place(
     settings: Settings, engine: Engine, batch_size: int, advance: Advance, dry_run: bool
 ) -> RebuildResult:
     with engine.connect() as connection, connection.begin() as whole:
+        recorded = newest_change_id(connection)
         before = copy_for_comparison(connection)
         clear_live_tables(connection)
 
@@ -156,6 +162,9 @@ def _rebuild_in_place(
 
         reapplied, failures = _apply_all(page, advance)
         changes = compare(connection, before, lambda table: f"main.{table.name}")
+        # The feed keeps the differences, not the clearing and refilling row by row.
+        forget_changes_after(connection, recorded)
+        record_differences(connection, SYNCED_TABLES, before, lambda table: f"main.{table.name}")
         if dry_run:
             whole.rollback()
     return RebuildResult(reapplied, failures, changes)
@@ -201,6 +210,7 @@ def _apply(
     prepare(work, documents)
     failed: list[tuple[str, str]] = []
     for (svix_id, payload), document in zip(events, documents, strict=True):
+        work.source = svix_id  # the rows keep the svix id of the event that wrote them
         outcome, error = apply_payload(
             work, payload, settings.workspace_metadata_key, document=document
         )

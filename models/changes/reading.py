@@ -179,11 +179,17 @@ def purge_changes(connection: Connection, older_than: timedelta) -> int:
 class FeedSummary:
     newest_id: int
     rows: int
+    behind: int
+    """Rows after the position ``summarise_feed`` was given (a consumer's backlog)."""
 
 
-def summarise_feed(connection: Connection) -> FeedSummary:
-    """The newest id (0: none) and the rows kept, for the metrics."""
+def summarise_feed(connection: Connection, position: int = 0) -> FeedSummary:
+    """The newest id (0: none), the rows kept, and those after ``position``, for the metrics."""
     row = connection.execute(
-        select(func.coalesce(func.max(sync_changes.c.id), 0), func.count())
+        select(
+            func.coalesce(func.max(sync_changes.c.id), 0),
+            func.count(),
+            func.count().filter(sync_changes.c.id > position),
+        ).select_from(sync_changes)
     ).one()
-    return FeedSummary(int(row[0]), int(row[1]))
+    return FeedSummary(int(row[0]), int(row[1]), int(row[2]))

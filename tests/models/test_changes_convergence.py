@@ -69,6 +69,7 @@ def normalised(replica: Replica) -> Replica:
 
 def test_a_consumer_applying_the_feed_ends_with_the_same_tables(engine: Engine) -> None:
     assert {table.name for table in FEED_TABLES} <= set(metadata.tables)
+    seen: list[tuple[bool, bool]] = []
 
     @settings(
         max_examples=40,
@@ -98,6 +99,11 @@ def test_a_consumer_applying_the_feed_ends_with_the_same_tables(engine: Engine) 
                 catch_up(engine, replica)
         catch_up(engine, replica)
         assert normalised(replica) == normalised(stored(engine))
+        with engine.connect() as connection:
+            operations = {change.operation for change in changes_after(connection, 0, 100_000)}
+        seen.append((bool(replica.get("organization_memberships")), "delete" in operations))
         assert catch_up(engine, replica) == 0, "a saved position is not read again"
 
     replays()
+    assert sum(members for members, _ in seen) >= len(seen) // 3, "mostly without members"
+    assert sum(deleted for _, deleted in seen) >= len(seen) // 4, "mostly without deletions"
