@@ -22,7 +22,15 @@ from models.changes import (
 )
 from models.tables import organizations, sync_changes
 from tests.conftest import wait_for
-from tests.factories import body_of, event, membership_data, organization_data, user_data
+from tests.factories import (
+    body_of,
+    event,
+    membership_data,
+    organization_data,
+    permission_data,
+    role_data,
+    user_data,
+)
 from tests.models.support import deliver
 from workers.processing import apply_batch, describe_event
 
@@ -224,3 +232,36 @@ def test_a_listener_is_woken_when_changes_commit(pg_engine: Engine) -> None:
         waiter.join(35)
     assert woken == [True]
     wait_for(lambda: feed(pg_engine), 5)
+
+
+def test_a_roles_new_permissions_are_recorded_on_each_member_it_reaches(
+    feed_engine: Engine,
+) -> None:
+    """A derived change (a bulk UPDATE of the members holding the role) is recorded per member,
+    under the svix id of the role event that caused it."""
+    engine = feed_engine
+    reports = permission_data("perm_reports", key="org:reports:read")
+    billing = permission_data("perm_billing", key="org:billing:manage")
+    role = role_data("role_billing", key="org:billing_manager", permissions=[reports])
+    deliver(engine, event("role.created", role))
+    organization = organization_data("org_1")
+    for number in range(2):
+        member = membership_data(
+            organization,
+            membership_id=f"orgmem_{number}",
+            user_id=f"user_{number}",
+            role="org:billing_manager",
+        )
+        deliver(engine, event("organizationMembership.created", member))
+    clear_feed(engine)
+
+    widened = {**role, "permissions": [reports, billing], "updated_at": role["updated_at"] + 1}
+    assert deliver(engine, event("role.updated", widened), svix_id="msg_role") == "applied"
+
+    members = [c for c in feed(engine) if c.table == "organization_memberships"]
+    assert sorted(c.entity_id for c in members) == ["orgmem_0", "orgmem_1"]
+    for change in members:
+        assert (change.operation, change.source) == ("update", "msg_role")
+        assert "permissions" in change.columns
+        assert change.values is not None
+        assert sorted(change.values["permissions"]) == ["org:billing:manage", "org:reports:read"]
