@@ -144,6 +144,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "CELERY_BROKER_URL": settings.broker_url,
             "CLERK_SYNC_BROKER_DIR": settings.broker_filesystem_dir,
             "CLERK_SYNC_QUEUE": settings.queue_name,
+            "CLERK_SYNC_SENTINEL_MASTER": settings.sentinel_master,
+            "CLERK_SYNC_ACCEPT_REPLICA_WAIT_MS": str(settings.accept_replica_wait_ms),
             "CLERK_SYNC_MAX_RETRIES": str(settings.max_retries),
             "CLERK_SYNC_RETRY_BACKOFF_SECONDS": str(settings.retry_backoff_seconds),
             "CLERK_SYNC_RETRY_BACKOFF_MAX_SECONDS": str(settings.retry_backoff_max_seconds),

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from clerk_sync.broker.batch_items import register_batch_runner
 from clerk_sync.broker.batching import BatchingTask
 from clerk_sync.broker.pool import POOL
-from clerk_sync.broker.transport import TRANSPORT
+from clerk_sync.broker.transport import transport_for
 from clerk_sync.core.logs import configure_logging
 from clerk_sync.core.message_auth import ForgedMessageError, forged_argsrepr
 from clerk_sync.core.queue import (
@@ -54,7 +54,11 @@ SWEEP_BATCH = 500
 def celery_configuration(settings: Settings) -> dict[str, Any]:
     return {
         **broker_configuration(settings),
-        **({"broker_transport": TRANSPORT} if settings.uses_redis_broker else {}),
+        **(
+            {"broker_transport": transport_for(settings.broker_url)}
+            if settings.uses_redis_broker
+            else {}
+        ),
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,

@@ -24,7 +24,8 @@ from kombu.connection import Connection
 from kombu.utils.json import dumps as kombu_json_dumps
 from kombu.utils.uuid import uuid
 
-from clerk_sync.core.queue import APPLY_EVENT_TASK, QueuedEvent
+from clerk_sync.core.queue import APPLY_EVENT_TASK, QueuedEvent, redis_client
+from clerk_sync.core.sentinel import ReplicaWaitError
 from clerk_sync.core.settings import Settings
 
 _process = [0]
@@ -43,30 +44,45 @@ os.register_at_fork(after_in_child=_count_fork)
 class ThreadConnections:
     """One Redis connection per request thread (and process) for the accept round trip: no
     pool check-out (each probes the socket), no lock shared between threads, and none of the
-    client's retry and reply-callback layers around what is a single transaction."""
+    client's retry and reply-callback layers around what is a single transaction.
+
+    With ``CLERK_SYNC_ACCEPT_REPLICA_WAIT_MS`` each command is followed, in the same round trip,
+    by ``WAIT 1 <ms>``; ``ReplicaWaitError`` if no replica confirmed it in time."""
 
     def __init__(self, settings: Settings) -> None:
         # Reads and writes bounded by the publish timeout, as connecting is: how long a webhook
-        # may wait for the broker before it is answered 503.
+        # may wait for the broker before it is answered 503 (plus the replica wait, if any).
+        wait_ms = settings.accept_replica_wait_ms
         timeout = settings.broker_publish_timeout_seconds
-        self._pool = redis.Redis.from_url(
-            settings.broker_url, socket_connect_timeout=timeout, socket_timeout=timeout
-        ).connection_pool
+        self._pool = redis_client(settings, socket_timeout=timeout + wait_ms / 1000).connection_pool
+        wait: tuple[Any, ...] = ("WAIT", "1", str(wait_ms))
+        self._wait = pack_command(wait) if wait_ms else None
         self._local = threading.local()
+
+    @property
+    def waits_for_a_replica(self) -> bool:
+        return self._wait is not None
 
     def run(self, command: tuple[Any, ...]) -> Any:
         """Run one command (the accept script: a Lua script runs atomically, no ``MULTI``
         needed) in one round trip and return its reply; raise ``redis.ResponseError`` if Redis
         refused it. After any failure the connection is closed and opened again by the next."""
         connection = self._connection()
+        packed = (
+            [pack_command(command)] if self._wait is None else [pack_command(command), self._wait]
+        )
         try:
-            connection.send_packed_command([pack_command(command)], check_health=False)
+            connection.send_packed_command(packed, check_health=False)
             reply = connection.read_response()
+            replicas = connection.read_response() if self._wait is not None else 1
         except BaseException:
             connection.disconnect()
+            self._local.connected = False
             raise
         if isinstance(reply, redis.ResponseError):
             raise reply
+        if not isinstance(replicas, int) or replicas < 1:
+            raise ReplicaWaitError("no replica confirmed the event in time")
         return reply
 
     def _connection(self) -> Any:
@@ -75,6 +91,13 @@ class ThreadConnections:
         if getattr(local, "process", None) != _process[0]:
             local.connection = self._pool.make_connection()
             local.process = _process[0]
+            local.connected = False
+        if not local.connected:
+            # Connected here, not by the send: ``send_packed_command`` connects to the
+            # configured address, skipping a Sentinel-managed connection's ``connect``, which
+            # asks the sentinels for the master's (redis-py 8.2).
+            local.connection.connect()
+            local.connected = True
         return local.connection
 
 

@@ -70,6 +70,7 @@ class Publisher:
                 self._messages.build(event),
                 self._connections.run,
                 replay=replay,
+                replicated=self._connections.waits_for_a_replica,
             )
         except BROKER_ERRORS as error:
             raise BrokerUnavailableError(type(error).__name__) from error

@@ -19,7 +19,9 @@ replies (mingle's, ``inspect``'s, Flower's) are consumed without acknowledgement
 of one would never be removed.
 
 It needs Redis 6.2 (``RPOP`` with a count); on an older Redis it receives as kombu does.
-Celery uses it through ``broker_transport`` (``TRANSPORT``) with the ordinary ``redis://`` URL.
+Celery uses it through ``broker_transport`` (``TRANSPORT``) with the ordinary ``redis://`` URL,
+and ``SENTINEL_TRANSPORT`` (kombu's sentinel transport with this channel) with ``sentinel://``
+URLs: ``transport_for`` picks.
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import QoS as VirtualQoS
 from kombu.utils.json import loads
 
+from clerk_sync.core.sentinel import is_sentinel_url
+
 TRANSPORT: Final = "clerk_sync.broker.transport:Transport"
+SENTINEL_TRANSPORT: Final = "clerk_sync.broker.transport:SentinelTransport"
 MAX_FETCH: Final = 100
 """Most messages taken per round trip (and delivered before the event loop runs again)."""
 
@@ -170,3 +175,36 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """This module's channel on kombu's sentinel channel: the master's connections come from
+    the sentinels (kombu's ``_get_pool``), the fetching and recording are this module's."""
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """kombu's sentinel transport with ``SentinelChannel``, keeping its ``client`` (the kombu
+    ``Connection`` whose URL names the sentinels) once the connection is closed.
+
+    After a failover Celery's consumer collects the lost connection (kombu sets the transport's
+    ``client`` to None) and then closes it, and closing a channel restores its unacknowledged
+    messages through a new pool, which kombu builds from ``client``'s URL: without it the
+    worker stopped ("Unrecoverable error: AttributeError"), and so did acknowledgements on the
+    old channel. With it, they reach the new master the sentinels name."""
+
+    Channel = SentinelChannel
+    _kept_client: Any = None
+
+    @property
+    def client(self) -> Any:
+        return self._kept_client
+
+    @client.setter
+    def client(self, value: Any) -> None:
+        if value is not None:
+            self._kept_client = value
+
+
+def transport_for(broker_url: str) -> str:
+    """The transport (Celery's ``broker_transport``) for a Redis broker URL."""
+    return SENTINEL_TRANSPORT if is_sentinel_url(broker_url) else TRANSPORT

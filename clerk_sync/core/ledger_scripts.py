@@ -53,6 +53,9 @@ class Acceptance(IntEnum):
 ACCEPT: Final = """
 local known = redis.call('HGET', KEYS[3], ARGV[1])
 if known and ARGV[6] ~= '1' then
+  if ARGV[7] == '1' then
+    redis.call('HSET', KEYS[3], ARGV[1], known)
+  end
   if known == ARGV[4] then
     return 1
   end
@@ -66,8 +69,9 @@ redis.call('LPUSH', KEYS[5], ARGV[5])
 return 0
 """
 """KEYS: messages, due, hashes, conflicts, the queue list. ARGV: svix id, ledger entry, due
-time, payload hash, task message, and '1' for a replay (an operator's ``events replay``: queued
-whatever is known of the svix id, its body being the stored one). An entry written before
+time, payload hash, task message, '1' for a replay (an operator's ``events replay``: queued
+whatever is known of the svix id, its body being the stored one), and optionally '1' when a
+``WAIT`` follows (a copy then writes too, see ``Ledger.accept``). An entry written before
 hashes were kept has none, and a copy of it would be queued again: the worker ignores it as a
 duplicate."""
 

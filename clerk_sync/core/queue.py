@@ -26,6 +26,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from clerk_sync.core import ledger_scripts as scripts
 from clerk_sync.core import rabbitmq
 from clerk_sync.core.ledger_scripts import Acceptance
+from clerk_sync.core.sentinel import is_sentinel_url, master_client
 from clerk_sync.core.settings import Settings
 from models.payload_hash import payload_hash
 
@@ -96,6 +97,8 @@ def broker_configuration(settings: Settings) -> dict[str, Any]:
             "socket_connect_timeout": settings.broker_publish_timeout_seconds,
             "socket_timeout": max(settings.broker_publish_timeout_seconds, 5.0),
         }
+        if is_sentinel_url(settings.broker_url):
+            transport_options["master_name"] = settings.sentinel_master
     return {
         "broker_url": settings.broker_url,
         "broker_transport_options": transport_options,
@@ -110,13 +113,21 @@ def broker_configuration(settings: Settings) -> dict[str, Any]:
     }
 
 
-def redis_client(settings: Settings) -> redis.Redis[bytes]:
-    """A client of the broker's Redis with the publish timeouts (a pool of connections,
-    thread-safe, reset by redis-py in a forked child)."""
+def redis_client(settings: Settings, socket_timeout: float | None = None) -> redis.Redis[bytes]:
+    """A client of the broker's Redis (with Sentinel: of its master, found anew by each new
+    connection) with the publish timeouts (a pool of connections, thread-safe, reset by
+    redis-py in a forked child)."""
+    connect_timeout = settings.broker_publish_timeout_seconds
+    timeout = socket_timeout or max(settings.broker_publish_timeout_seconds, 5.0)
+    if is_sentinel_url(settings.broker_url):
+        return master_client(
+            settings.broker_url,
+            settings.sentinel_master,
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=timeout,
+        )
     return redis.Redis.from_url(
-        settings.broker_url,
-        socket_connect_timeout=settings.broker_publish_timeout_seconds,
-        socket_timeout=max(settings.broker_publish_timeout_seconds, 5.0),
+        settings.broker_url, socket_connect_timeout=connect_timeout, socket_timeout=timeout
     )
 
 
@@ -144,13 +155,16 @@ class Ledger:
         run: Callable[[tuple[Any, ...]], Any],
         *,
         replay: bool = False,
+        replicated: bool = False,
     ) -> Acceptance:
         """Write the ledger entry and push the task ``message`` (queue list, raw message) in
         one round trip (``ThreadConnections.run``) of one Lua script, which Redis runs without
         interleaving another client's command: no worker can take the message before its
         entry is in the ledger. An svix id in the ledger or
         finished recently is not queued again (``clerk_sync.core.ledger_scripts``), unless
-        this is a ``replay``."""
+        this is a ``replay``. ``replicated``: the caller waits for a replica after the script
+        (``WAIT``), so a copy or conflict also writes (the hash it found, again), and a replica
+        confirming it confirms the first acceptance too (replication keeps the order)."""
         queue_key, raw_message = message
         keys = (
             LEDGER_MESSAGES_KEY,
@@ -167,6 +181,7 @@ class Ledger:
             payload_hash(event.payload),
             raw_message,
             "1" if replay else "0",
+            *(("1",) if replicated else ()),
         )
         try:
             reply = run(("EVALSHA", scripts.ACCEPT_SHA, len(keys), *keys, *arguments))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Self
 
 from clerk_sync.core import change_feed_settings as feed
+from clerk_sync.core.sentinel import REDIS_URL_SCHEMES, replica_wait_field, sentinel_master_field
 from clerk_sync.core.setting_values import (
     DEFAULT_BROKER_URL,
     DEFAULT_CLERK_API_URL,
@@ -91,6 +92,8 @@ class Settings:
         default="clerk-sync",
         metadata=documented("CLERK_SYNC_QUEUE", "queue name (Redis list or RabbitMQ queue)"),
     )
+    sentinel_master: str = sentinel_master_field()
+    accept_replica_wait_ms: int = replica_wait_field()
     max_body_bytes: int = field(
         default=1024 * 1024,
         metadata=documented(
@@ -399,7 +402,7 @@ class Settings:
 
     @property
     def uses_redis_broker(self) -> bool:
-        return self.broker_url.startswith(("redis://", "rediss://", "redis+socket://"))
+        return self.broker_url.startswith(REDIS_URL_SCHEMES)
 
     @property
     def uses_amqp_broker(self) -> bool:
