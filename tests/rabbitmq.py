@@ -24,6 +24,8 @@ from tests.servers import free_port
 
 AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+RABBITMQCTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
+"""Not Debian's /usr/sbin wrappers, which run as the rabbitmq user (with its Erlang cookie)."""
 
 
 def queue_depth(settings: Settings) -> tuple[int, int]:
@@ -117,7 +119,7 @@ class RabbitServer:
     def ctl(self, *arguments: str) -> str:
         """``rabbitmqctl`` against this node."""
         return subprocess.run(
-            ["rabbitmqctl", "-n", self.node, *arguments],
+            [RABBITMQCTL, "-n", self.node, *arguments],
             env=self._env(),
             capture_output=True,
             text=True,

@@ -13,6 +13,7 @@ from typing import Any
 
 import structlog
 from celery import Celery, Task, signals
+from celery.exceptions import Reject
 from prometheus_client import CollectorRegistry
 
 from clerk_sync.broker.batch_items import register_batch_runner
@@ -169,7 +170,13 @@ def create_celery_app(settings: Settings) -> Celery:
             if not is_transient(error):
                 raise
             if task.request.retries >= settings.max_retries:
-                dead_letter(runtime.engine, event, error)
+                try:
+                    dead_letter(runtime.engine, event, error)
+                except Exception as unreachable:
+                    if runtime.publisher.ledger is not None:
+                        raise  # the sweeper publishes the event again
+                    # No ledger (RabbitMQ): back on the queue rather than dropped.
+                    raise Reject(unreachable, requeue=True) from unreachable
                 status = DEAD
             else:
                 record_retry(runtime.engine, event, error)

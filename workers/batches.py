@@ -184,9 +184,11 @@ def _retry_or_dead_letter(
                 outcomes[svix_id] = finished[svix_id] = dead_letter_outcome(transient[svix_id])
                 continue
         # Dead-lettering needs the database: the message is dropped as Celery drops a failed
-        # task, and the event, still in the ledger, is published again by the sweeper.
+        # task, and the event, still in the ledger, is published again by the sweeper. Without
+        # a ledger (RabbitMQ) the message goes back on the queue instead.
         _log_unexpected(items[svix_id], unreachable)
-        outcomes[svix_id] = EventStatus.FAILED
+        no_ledger = runtime.publisher.ledger is None
+        outcomes[svix_id] = EventStatus.REQUEUE if no_ledger else EventStatus.FAILED
     if retrying:
         record_retries(runtime.engine, [(events[s], transient[s]) for s in retrying])
     for svix_id in retrying:

@@ -4,6 +4,7 @@ so that importing and forking open nothing."""
 from __future__ import annotations
 
 import logging
+import math
 import random
 from functools import cached_property
 from typing import Final
@@ -64,4 +65,9 @@ class WorkerRuntime:
             self.settings.retry_backoff_max_seconds,
             self.settings.retry_backoff_seconds * 2**retries,
         )
-        return random.uniform(ceiling / 2, ceiling)
+        countdown = random.uniform(ceiling / 2, ceiling)
+        if self.settings.uses_amqp_broker:
+            # Celery's native delayed delivery (RabbitMQ's quorum queues) delays by whole
+            # seconds, one at least: a shorter countdown would be refused, and its message lost.
+            return float(max(1, math.ceil(countdown)))
+        return countdown

@@ -7,6 +7,9 @@ evicts keys (``maxmemory-policy noeviction``; any other policy may drop queue or
 ``maxmemory`` is reached). This module reads both settings with ``CONFIG GET``, or, where a
 managed Redis disables or renames it, from ``INFO persistence`` / ``INFO memory``, and says
 "unknown" when neither answers: an unknown broker is never reported as durable.
+
+On RabbitMQ the broker is durable when the task queue is a durable quorum queue
+(``check_rabbitmq``): publisher confirms make a ``202`` wait for the broker's disk.
 """
 
 from __future__ import annotations
@@ -17,9 +20,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
+import amqp.exceptions
 import redis
+from kombu.connection import Connection
 
-from clerk_sync.core.queue import redis_client
+from clerk_sync.core.queue import BROKER_ERRORS, redis_client
+from clerk_sync.core.rabbitmq import task_queue
 from clerk_sync.core.settings import Settings
 
 SAFE_EVICTION_POLICY: Final = "noeviction"
@@ -65,6 +71,8 @@ class BrokerDurability:
 
 def check_broker(settings: Settings) -> BrokerDurability:
     """Check the broker named by ``settings`` (a client of its own, closed afterwards)."""
+    if settings.uses_amqp_broker:
+        return check_rabbitmq(settings)
     if not settings.uses_redis_broker:
         scheme = settings.broker_url.split("://", 1)[0]
         return BrokerDurability(
@@ -76,6 +84,40 @@ def check_broker(settings: Settings) -> BrokerDurability:
         return check_redis(client)
     finally:
         client.close()
+
+
+def check_rabbitmq(settings: Settings) -> BrokerDurability:
+    """RabbitMQ: durable when the task queue is a durable quorum queue. Declaring it with its
+    arguments (as the ingress and workers do) succeeds only then, RabbitMQ refusing a queue of
+    that name declared otherwise (``PRECONDITION_FAILED``); every publish is confirmed
+    (``clerk_sync.core.rabbitmq``), so a confirmed message is on disk on a majority of the
+    queue's members. The number of members (a one-node cluster survives a restart, not the loss
+    of its disk) is the deployment's: see operations.md."""
+    name = settings.queue_name
+    try:
+        with Connection(  # type: ignore[no-untyped-call]
+            settings.broker_url, connect_timeout=settings.broker_publish_timeout_seconds
+        ) as connection:
+            connection.connect()
+            task_queue(settings)(connection.default_channel).declare()  # type: ignore[no-untyped-call]
+    except amqp.exceptions.PreconditionFailed as error:
+        return BrokerDurability(
+            Verdict.NOT_DURABLE,
+            (f"queue {name} exists, but not as a durable quorum queue: {error}",),
+            read_with="queue.declare",
+        )
+    except BROKER_ERRORS as error:
+        return BrokerDurability(
+            Verdict.UNKNOWN, (f"the broker could not be asked ({type(error).__name__})",)
+        )
+    return BrokerDurability(
+        Verdict.DURABLE,
+        (
+            f"queue {name} is a durable quorum queue and every publish is confirmed: RabbitMQ "
+            "confirms a message once a majority of the queue's members wrote it to disk",
+        ),
+        read_with="queue.declare",
+    )
 
 
 def check_redis(client: redis.Redis[bytes]) -> BrokerDurability:

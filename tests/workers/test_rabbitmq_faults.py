@@ -26,6 +26,7 @@ from models.tables import webhook_events
 from tests.conftest import WorkerProcess, wait_for
 from tests.faults import (
     IngressServer,
+    TcpProxy,
     WebhookClient,
     clerk_stream,
     elapsed,
@@ -35,9 +36,15 @@ from tests.faults import (
 )
 from tests.models.histories import Delivery
 from tests.rabbitmq import RabbitServer, amqp_settings, queue_depth, rabbit_server
-from tests.workers.test_faults import FEW_DELETIONS, all_finished, assert_converged, report
+from tests.workers.test_faults import (
+    FEW_DELETIONS,
+    all_finished,
+    assert_converged,
+    pg_proxy,
+    report,
+)
 
-__all__ = ["amqp_settings", "rabbit_server"]
+__all__ = ["amqp_settings", "pg_proxy", "rabbit_server"]
 
 pytestmark = [pytest.mark.fault, pytest.mark.worker]
 
@@ -70,6 +77,13 @@ def enqueue_amqp(amqp_settings: Settings) -> Callable[[list[Delivery]], None]:
             assert response.status_code == 202, response.get_json()
 
     return send
+
+
+def requeued(log: str) -> int:
+    """Messages a worker put back on the queue because the database could not record their
+    dead letter: batched (logged as the batch's unexpected error) or one by one (Celery's
+    ``Reject``)."""
+    return log.count("raised unexpected") + log.count("reject requeue=True")
 
 
 def attempts(engine: Engine) -> Counter[int]:
@@ -152,7 +166,51 @@ def test_rabbitmq_killed_refuses_with_503_keeps_what_it_confirmed_and_converges(
     )
 
 
-# -- 2. worker killed -----------------------------------------------------------------------------
+# -- 2. database down beyond the retry budget --------------------------------------------------
+
+
+@pytest.mark.parametrize("batch_size", [1, 100], ids=["one-by-one", "batched"])
+@pytest.mark.timeout(180)
+def test_database_outage_beyond_the_retry_budget_on_rabbitmq_loses_nothing(
+    amqp_settings: Settings,
+    pg_engine: Engine,
+    pg_proxy: TcpProxy,
+    enqueue_amqp: Callable[[list[Delivery]], None],
+    start_worker: StartWorker,
+    batch_size: int,
+) -> None:
+    """The retries run out while PostgreSQL is unreachable, so dead-lettering fails too. On
+    Redis the ledger's sweeper publishes such an event again; RabbitMQ has no ledger, so the
+    worker puts the message back on the queue instead of dropping it. Once the database is
+    back every event is applied, none dead-lettered."""
+    worker_settings = replace(
+        amqp_settings,
+        database_url=pg_proxy.url_for(amqp_settings.database_url),
+        batch_size=batch_size,
+        max_retries=1,
+        retry_backoff_seconds=0.2,
+        retry_backoff_max_seconds=0.4,
+    )
+    stream = clerk_stream(histories=1, organizations=2, events_per_history=10, seed=8)
+    enqueue_amqp(stream.events)
+    pg_proxy.cut()
+    worker = start_worker(worker_settings, concurrency=2)
+    wait_for(lambda: requeued(worker.log()) >= 2 * len(stream.events), 90, 0.2)
+    assert finished_count(pg_engine) == 0
+    pg_proxy.restore()
+    restored = time.monotonic()
+    wait_for(all_finished(pg_engine, len(stream.events)), 60, interval=0.2)
+    wait_for(lambda: queue_depth(amqp_settings)[0] == 0, 30)
+    assert_converged(pg_engine, stream)
+    report(
+        "rabbitmq-database-outage-beyond-budget",
+        events=len(stream.events),
+        requeued_for_want_of_a_database=requeued(worker.log()),
+        applied_after_restore_s=elapsed(restored),
+    )
+
+
+# -- 3. worker killed -----------------------------------------------------------------------------
 
 
 @pytest.mark.timeout(240)
@@ -207,7 +265,7 @@ def test_worker_killed_mid_backlog_on_rabbitmq_loses_nothing_and_applies_nothing
     )
 
 
-# -- 3. concurrency -------------------------------------------------------------------------------
+# -- 4. concurrency -------------------------------------------------------------------------------
 
 
 @pytest.mark.timeout(240)
