@@ -13,6 +13,9 @@ Only what ``clerk-sync reconcile`` reads (see the reference, §6 BAPI):
   organization does not exist.
 
 Anything else is a 404; a request without ``Authorization: Bearer <secret key>`` is a 401.
+
+``load_frozen`` holds a large instance that never changes (the ``reconcile`` benchmark's):
+each object is kept as its JSON text, in listing order, and a page is those texts joined.
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 SECRET_KEY = "sk_test_FAKEfakeFAKEfake0123456789"
+Found = TypeVar("Found", Mapping[str, Any], str)
 MAX_LIMIT = 500
 DROP = 0
 """A fault status: close the connection without answering."""
@@ -72,6 +76,32 @@ Hook = Callable[["FakeClerk", Request, Any], None]
 makes happens after the answer was computed, and before the client sees it)."""
 
 
+@dataclass(frozen=True)
+class RawJSON:
+    """A body already encoded."""
+
+    text: str
+
+
+class _Frozen:
+    """One collection of ``load_frozen``: JSON texts by id and in ``created_at`` order."""
+
+    def __init__(self, items: Iterable[dict[str, Any]]) -> None:
+        keyed = []
+        self.by_id: dict[str, str] = {}
+        for data in items:
+            text = json.dumps(data, separators=(",", ":"))
+            self.by_id[data["id"]] = text
+            keyed.append(((data.get("created_at") or 0, data["id"]), text))
+        keyed.sort(key=lambda pair: pair[0])
+        self.ordered = [text for _, text in keyed]
+
+    def page(self, request: Request) -> tuple[str, int]:
+        limit, offset, newest_first = _paging(request)
+        ordered = self.ordered[::-1] if newest_first else self.ordered
+        return "[" + ",".join(ordered[offset : offset + limit]) + "]", len(ordered)
+
+
 class FakeClerk:
     def __init__(self, secret_key: str = SECRET_KEY) -> None:
         self.secret_key = secret_key
@@ -81,6 +111,9 @@ class FakeClerk:
         self.requests: list[Request] = []
         self.faults: list[Fault] = []
         self.hooks: list[Hook] = []
+        self.frozen: dict[str, _Frozen] = {}
+        self.members_of: dict[tuple[str, str], list[str]] = {}
+        """(organization id, user id) → the frozen memberships' JSON texts."""
         self.lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -98,9 +131,36 @@ class FakeClerk:
             self.organizations = {data["id"]: data for data in organizations}
             self.memberships = {data["id"]: data for data in memberships}
             self.users = {data["id"]: data for data in users}
+            self.frozen = {}
+            self.members_of = {}
             self.requests.clear()
             self.faults.clear()
             self.hooks.clear()
+
+    def load_frozen(
+        self,
+        organizations: Iterable[dict[str, Any]],
+        memberships: Iterable[dict[str, Any]],
+        users: Iterable[dict[str, Any]],
+    ) -> None:
+        """Replace the whole state with one that never changes, kept as JSON text (a large
+        instance: the objects may be made one at a time, and none of them is kept as a dict)."""
+        self.load()
+        members_of: dict[tuple[str, str], list[str]] = {}
+
+        def indexed(items: Iterable[dict[str, Any]]) -> Iterable[dict[str, Any]]:
+            for data in items:
+                pair = (data["organization"]["id"], data["public_user_data"]["user_id"])
+                members_of.setdefault(pair, []).append(json.dumps(data, separators=(",", ":")))
+                yield data
+
+        with self.lock:
+            self.frozen = {
+                "organizations": _Frozen(organizations),
+                "memberships": _Frozen(indexed(memberships)),
+                "users": _Frozen(users),
+            }
+            self.members_of = members_of
 
     def fail(self, path: str, status: int, **options: Any) -> Fault:
         fault = Fault(path, status, **options)
@@ -169,7 +229,7 @@ class FakeClerk:
         if status == DROP:
             handler.close_connection = True
             return
-        payload = json.dumps(body).encode()
+        payload = body.text.encode() if isinstance(body, RawJSON) else json.dumps(body).encode()
         handler.send_response(status)
         handler.send_header("Content-Type", "application/json")
         handler.send_header("Content-Length", str(len(payload)))
@@ -197,6 +257,8 @@ class FakeClerk:
         segments = request.path.strip("/").split("/")
         if segments[:1] != ["v1"]:
             raise _HTTPError(404, "resource_not_found")
+        if self.frozen:
+            return self._route_frozen(segments[1:], request)
         match segments[1:]:
             case ["organizations"]:
                 return _listing(self.organizations.values(), request)
@@ -224,6 +286,32 @@ class FakeClerk:
                 return _listing(members, request)
         raise _HTTPError(404, "resource_not_found")
 
+    def _route_frozen(self, segments: list[str], request: Request) -> RawJSON:
+        frozen = self.frozen
+        match segments:
+            case ["organizations"] | ["organization_memberships"]:
+                name = "organizations" if segments[0] == "organizations" else "memberships"
+                data, total = frozen[name].page(request)
+                return RawJSON(f'{{"data":{data},"total_count":{total}}}')
+            case ["users"]:
+                return RawJSON(frozen["users"].page(request)[0])
+            case ["users", "count"]:
+                total = len(frozen["users"].ordered)
+                return RawJSON(f'{{"object":"total_count","total_count":{total}}}')
+            case ["users", user_id]:
+                return RawJSON(_found(frozen["users"].by_id.get(user_id)))
+            case ["organizations", organization_id]:
+                return RawJSON(_found(frozen["organizations"].by_id.get(organization_id)))
+            case ["organizations", organization_id, "memberships"]:
+                _found(frozen["organizations"].by_id.get(organization_id))
+                texts = [
+                    text
+                    for user_id in request.query.get("user_id", [])
+                    for text in self.members_of.get((organization_id, user_id), [])
+                ]
+                return RawJSON(f'{{"data":[{",".join(texts)}],"total_count":{len(texts)}}}')
+        raise _HTTPError(404, "resource_not_found")
+
 
 class _HTTPError(Exception):
     def __init__(self, status: int, code: str) -> None:
@@ -236,13 +324,14 @@ def _errors(code: str, message: str) -> dict[str, Any]:
     return {"errors": [{"code": code, "message": message, "long_message": message}]}
 
 
-def _found(data: Mapping[str, Any] | None) -> Mapping[str, Any]:
+def _found(data: Found | None) -> Found:
     if data is None:
         raise _HTTPError(404, "resource_not_found")
     return data
 
 
-def _listing(items: Iterable[dict[str, Any]], request: Request) -> dict[str, Any]:
+def _paging(request: Request) -> tuple[int, int, bool]:
+    """``limit``, ``offset`` and whether newest first (``order_by``, by ``created_at``)."""
     try:
         limit = int(request.param("limit") or 10)
         offset = int(request.param("offset") or 0)
@@ -253,9 +342,12 @@ def _listing(items: Iterable[dict[str, Any]], request: Request) -> dict[str, Any
     order = request.param("order_by") or "-created_at"
     if order.lstrip("+-") != "created_at":
         raise _HTTPError(422, "form_param_value_invalid")
+    return limit, offset, order.startswith("-")
+
+
+def _listing(items: Iterable[dict[str, Any]], request: Request) -> dict[str, Any]:
+    limit, offset, newest_first = _paging(request)
     ordered = sorted(
-        items,
-        key=lambda data: (data.get("created_at") or 0, data["id"]),
-        reverse=order.startswith("-"),
+        items, key=lambda data: (data.get("created_at") or 0, data["id"]), reverse=newest_first
     )
     return {"data": ordered[offset : offset + limit], "total_count": len(ordered)}

@@ -48,8 +48,10 @@ __all__ = [
     "parse_payload",
     "parsed",
     "prepare",
+    "read_targets",
     "record_retries",
     "record_retry",
+    "take_targets",
 ]
 
 log = logging.getLogger("clerk_sync.worker")
@@ -223,23 +225,34 @@ def prepare(work: UnitOfWork, documents: Sequence[Any], *, wait: bool = True) ->
     everything = Targets()
     for payload_targets in targets:
         everything.merge(payload_targets)
-    busy = work.take_locks(
-        everything.organizations,
-        everything.users,
-        wait=wait,
-        entities=everything.entities,
-        roles=everything.roles,
-    )
+    busy = take_targets(work, everything, wait=wait)
     ready = [not (busy and payload_targets.lock_keys() & busy) for payload_targets in targets]
     runnable = Targets()
     for payload_targets, is_ready in zip(targets, ready, strict=True):
         if is_ready:
             runnable.merge(payload_targets)
-    work.read_ahead(
-        sorted(runnable.tombstones), sorted(runnable.holders), sorted(runnable.organizations)
-    )
-    work.read_profiles(sorted(runnable.users))
+    read_targets(work, runnable)
     return ready
+
+
+def take_targets(work: UnitOfWork, targets: Targets, *, wait: bool = True) -> set[str]:
+    """``prepare``'s locks, for what some payloads touch (merged): returns the lock keys not
+    taken (none when waiting). Reconcile takes a page's this way."""
+    return work.take_locks(
+        targets.organizations,
+        targets.users,
+        wait=wait,
+        entities=targets.entities,
+        roles=targets.roles,
+    )
+
+
+def read_targets(work: UnitOfWork, targets: Targets) -> None:
+    """``prepare``'s reads ahead, for what some payloads touch (merged), holding their locks."""
+    work.read_ahead(
+        sorted(targets.tombstones), sorted(targets.holders), sorted(targets.organizations)
+    )
+    work.read_profiles(sorted(targets.users))
 
 
 def parsed(event: IncomingEvent) -> Any:

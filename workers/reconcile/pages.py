@@ -10,14 +10,16 @@ are the page's stored rows (``UnitOfWork.read_rows``). Then each object goes thr
 transaction per object. Rows already at the listed version are skipped without a write,
 unless their content differs (``repair``: Clerk's copy wins, reported ``repaired``).
 
-A page fetched before a webhook and written after it cannot undo it: the rules' version guards
-compare with what is stored when the page is written, under the page's locks.
+A page is read (``read_page``: Clerk's objects parsed into the rules' snapshots, what they
+touch gathered) by the thread that fetched it, while the run writes the previous one
+(``write_page``). A page fetched before a webhook and written after it cannot undo it: the
+rules' version guards compare with what is stored when the page is written, under its locks.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -32,11 +34,12 @@ from models.versioned import MEMBERSHIPS as MEMBERSHIP_ROWS
 from models.versioned import ORGANIZATIONS as ORGANIZATION_ROWS
 from models.versioned import USERS as USER_ROWS
 from models.versioned import Versioned
+from workers.handlers import Targets
 from workers.handlers.memberships import membership_snapshot
 from workers.handlers.payloads import PoisonEventError, organization_snapshot
 from workers.handlers.users import user_snapshot
-from workers.processing import prepare
-from workers.reconcile.clerk_api import id_of
+from workers.processing import read_targets, take_targets
+from workers.reconcile.clerk_api import Page, id_of
 from workers.reconcile.phases import MEMBERSHIPS, ORGANIZATIONS, USERS
 from workers.reconcile.report import Counts
 from workers.retries import retry_transient
@@ -72,45 +75,56 @@ ENTITIES: Final[dict[str, Entity]] = {
 }
 
 
-def write_page(
-    engine: Engine,
-    entity: Entity,
-    items: Sequence[Mapping[str, Any]],
-    workspace_key: str,
-    *,
-    dry_run: bool,
-) -> Counts:
-    """Apply one page of Clerk's objects in one transaction (rolled back in a dry run); returns
-    the outcome counts. Transient database errors are retried with the whole page."""
-    counts = Counts()
-    snapshots: dict[str, tuple[Mapping[str, Any], Any]] = {}
-    for item in items:
+@dataclass
+class ReadPage:
+    """A page of Clerk's objects, read: the snapshots to apply (by id) and what they touch."""
+
+    page: Page
+    snapshots: dict[str, Any]
+    targets: Targets
+    invalid: int
+
+    @property
+    def size(self) -> int:
+        return len(self.page.items)
+
+
+def read_page(entity: Entity, page: Page, workspace_key: str) -> ReadPage:
+    """Parse a page of Clerk's objects; an object that cannot be read is counted ``invalid``,
+    logged and left alone (its id counts as listed, so it is not deleted either)."""
+    snapshots: dict[str, Any] = {}
+    targets = Targets()
+    invalid = 0
+    for item in page.items:
         try:
             snapshot = entity.snapshot(item, workspace_key)
         except (PoisonEventError, ValueError) as error:
-            # Its id counts as listed, so it is not deleted either.
             log.warning("left %s alone, it cannot be read: %s", id_of(item), error)
-            counts.add("invalid")
+            invalid += 1
             continue
-        snapshots.setdefault(snapshot.id, (item, snapshot))
-    if snapshots:
-        for outcome in _write(engine, entity, snapshots, dry_run=dry_run):
+        if snapshot.id not in snapshots:
+            snapshots[snapshot.id] = snapshot
+            # What the worker's batch would take and read for the webhook carrying this object.
+            targets.add({"type": entity.event_type, "data": item})
+    return ReadPage(page, snapshots, targets, invalid)
+
+
+def write_page(engine: Engine, entity: Entity, read: ReadPage, *, dry_run: bool) -> Counts:
+    """Apply one read page in one transaction (rolled back in a dry run); returns the outcome
+    counts. Transient database errors are retried with the whole page."""
+    counts = Counts(invalid=read.invalid)
+    if read.snapshots:
+        for outcome in _write(engine, entity, read, dry_run=dry_run):
             counts.add(outcome)
     return counts
 
 
 @retry_transient
-def _write(
-    engine: Engine,
-    entity: Entity,
-    snapshots: dict[str, tuple[Mapping[str, Any], Any]],
-    *,
-    dry_run: bool,
-) -> list[str]:
+def _write(engine: Engine, entity: Entity, read: ReadPage, *, dry_run: bool) -> list[str]:
     with engine.connect() as connection:
         transaction = connection.begin()
         try:
-            outcomes = _apply(connection, entity, snapshots)
+            outcomes = _apply(connection, entity, read)
         except BaseException:
             transaction.rollback()
             raise
@@ -121,20 +135,22 @@ def _write(
     return outcomes
 
 
-def _apply(
-    connection: Connection, entity: Entity, snapshots: dict[str, tuple[Mapping[str, Any], Any]]
-) -> list[str]:
+def _apply(connection: Connection, entity: Entity, read: ReadPage) -> list[str]:
+    """As ``workers.processing.prepare`` and ``apply_batch`` do: every lock up front, in the
+    global order, the lookups read ahead, then the writes together."""
+    snapshots, targets = read.snapshots, read.targets
     work = UnitOfWork(connection, repair=True, source=RECONCILE)
-    prepare(work, [{"type": entity.event_type, "data": item} for item, _ in snapshots.values()])
+    take_targets(work, targets)
+    read_targets(work, targets)
     stored = work.read_rows(entity.kind, list(snapshots))
     written: dict[str, bool] = {}
     with work.writing_together():
-        for key, (_, snapshot) in snapshots.items():
+        for key, snapshot in snapshots.items():
             written[key] = entity.upsert(work, snapshot)
     left = [key for key, was_written in written.items() if not was_written and key in stored]
     remaining = _existing(connection, entity.kind, left) if left else set()
     outcomes = []
-    for key, (_, snapshot) in snapshots.items():
+    for key, snapshot in snapshots.items():
         before = stored.get(key)
         if written[key]:
             if before is None:

@@ -6,55 +6,60 @@ so up to ``ahead`` requests are in flight at once: the rate limiter still spaces
 Clerk's answer time overlaps with the database's. Up to the expected total (``total_count``, or
 ``/v1/users/count``), pages are asked for in parallel; past it, one at a time, until a page comes
 back short, which ends the listing (as a listing read one page at a time ends). Pages after a
-short one are dropped unread. Daemon threads: an interrupted run never waits for them.
+short one are dropped unread. Each page is also read (``fetch`` may parse it: the threads do
+that work while the run waits on the database). Daemon threads: an interrupted run never waits
+for them.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from typing import Final
+from typing import Final, Generic, TypeVar
 
-from workers.reconcile.clerk_api import Page
+T = TypeVar("T")
 
 DEFAULT_AHEAD: Final = 4
 """Requests in flight at most: enough to keep the writes busy at Clerk's answer times of a few
 hundred milliseconds, few enough that an interrupted run wastes little."""
 
 
-class _Slot:
+class _Slot(Generic[T]):
     def __init__(self) -> None:
-        self.page: Page | None = None
+        self.page: T | None = None
         self.error: BaseException | None = None
         self.done = False
 
 
-class Prefetcher:
+class Prefetcher(Generic[T]):
     """The pages of one listing from ``offset`` on, in order (``pages()``); ``fetch(offset)``
-    reads one. ``expected``: how many objects the listing holds, if known."""
+    reads one, ``size`` tells how many objects it holds, ``expected`` how many the listing
+    holds (from the first page), if known."""
 
     def __init__(
         self,
-        fetch: Callable[[int], Page],
+        fetch: Callable[[int], T],
         *,
         offset: int,
         page_size: int,
-        expected: Callable[[Page], int | None],
+        size: Callable[[T], int],
+        expected: Callable[[T], int | None],
         ahead: int = DEFAULT_AHEAD,
     ) -> None:
         self._fetch = fetch
+        self._size = size
         self._start = offset
         self._page_size = page_size
         self._expected = expected
         self._ahead = max(1, ahead)
         self._condition = threading.Condition()
-        self._slots: dict[int, _Slot] = {}
+        self._slots: dict[int, _Slot[T]] = {}
         self._next_offset = offset
         self._limit: int | None = None
         """Offsets below this may be asked for ahead; None until the first page says."""
         self._stopped = False
 
-    def pages(self) -> Iterator[Page]:
+    def pages(self) -> Iterator[T]:
         """Each page in order, until a short one (included); raises what fetching raised."""
         offset = self._start
         try:
@@ -67,7 +72,7 @@ class Prefetcher:
             page = first
             while True:
                 yield page
-                if len(page.items) < self._page_size:
+                if self._size(page) < self._page_size:
                     return
                 offset += self._page_size
                 page = self._take(offset)
@@ -87,7 +92,7 @@ class Prefetcher:
                 target=self._work, name=f"reconcile-fetch-{number}", daemon=True
             ).start()
 
-    def _take(self, offset: int) -> Page:
+    def _take(self, offset: int) -> T:
         with self._condition:
             ahead = offset in self._slots or (self._limit is not None and offset < self._limit)
         if not ahead:
@@ -112,7 +117,7 @@ class Prefetcher:
                     return
                 offset = self._next_offset
                 self._next_offset += self._page_size
-                slot = self._slots[offset] = _Slot()
+                slot = self._slots[offset] = _Slot[T]()
             try:
                 slot.page = self._fetch(offset)
             except Exception as error:  # noqa: BLE001 - handed to the reader, which raises it

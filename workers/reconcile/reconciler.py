@@ -46,7 +46,7 @@ from models.users import delete_user
 from workers.reconcile.clerk_api import PAGE_SIZE, ClerkAPI, Page, id_of
 from workers.reconcile.errors import MassDeletionError, ReconcileBusyError
 from workers.reconcile.journal import Checkpoint, Journal
-from workers.reconcile.pages import ENTITIES, write_page
+from workers.reconcile.pages import ENTITIES, ReadPage, read_page, write_page
 from workers.reconcile.phases import MEMBERSHIPS, ORGANIZATIONS, PHASES, USERS
 from workers.reconcile.prefetch import DEFAULT_AHEAD, Prefetcher
 from workers.reconcile.report import Counts, NoProgress, Pace, Progress, ReconcileReport
@@ -135,32 +135,39 @@ class Reconciler:
     # -- listing -----------------------------------------------------------------------------
 
     def _apply(self, phase: str, items: list[Mapping[str, Any]]) -> Counts:
-        return write_page(
-            self.engine, ENTITIES[phase], items, self.workspace_key, dry_run=self.dry_run
-        )
+        entity = ENTITIES[phase]
+        read = read_page(entity, Page(items, None), self.workspace_key)
+        return write_page(self.engine, entity, read, dry_run=self.dry_run)
 
     def _list(self, phase: str, checkpoint: Checkpoint) -> None:
+        entity = ENTITIES[phase]
         offset = checkpoint.offsets[phase]
         counted = self.api.count_users() if phase == USERS else None
 
-        def expected(first: Page) -> int | None:
-            return first.total if counted is None else counted
+        def fetch(at: int) -> ReadPage:
+            page = self.api.list_page(phase, at, self.page_size)
+            return read_page(entity, page, self.workspace_key)
+
+        def expected(first: ReadPage) -> int | None:
+            return first.page.total if counted is None else counted
 
         prefetcher = Prefetcher(
-            lambda at: self.api.list_page(phase, at, self.page_size),
+            fetch,
             offset=offset,
             page_size=self.page_size,
+            size=lambda read: read.size,
             expected=expected,
             ahead=self.fetch_ahead,
         )
         pace: Pace | None = None
         logged = time.monotonic()
         try:
-            for page in prefetcher.pages():
+            for read in prefetcher.pages():
+                page = read.page
                 if pace is None:
-                    pace = Pace(expected(page), offset)
+                    pace = Pace(expected(read), offset)
                     self.progress.begin(phase, pace.total, offset)
-                counts = self._apply(phase, page.items)
+                counts = write_page(self.engine, entity, read, dry_run=self.dry_run)
                 offset += len(page.items)
                 self._record(
                     checkpoint,
@@ -237,22 +244,29 @@ class Reconciler:
     def _missing(
         self, table: Table, checkpoint: Checkpoint, phase: str
     ) -> tuple[int, list[tuple[str, datetime]]]:
-        """How many rows are stored, and the id and ``synced_at`` of those not listed: the
-        stored ids are read in chunks, in id order (keyset), never all at once."""
+        """How many rows are stored, and the id and last write of those not listed: the
+        stored ids are read in chunks, in id order (keyset), never all at once. A row this
+        reconcile wrote (``synced_by``: a member's profile recomputed from its user, say) is
+        dated never: it was not written by a webhook since the run started."""
         seen = checkpoint.seen[phase]
         stored = 0
         missing: list[tuple[str, datetime]] = []
         after = ""
+        never = datetime.min.replace(tzinfo=UTC)
         with self.engine.connect() as connection:
             while True:
                 chunk = connection.execute(
-                    select(table.c.id, table.c.synced_at)
+                    select(table.c.id, table.c.synced_at, table.c.synced_by)
                     .where(table.c.id > after)
                     .order_by(table.c.id)
                     .limit(SWEEP_CHUNK)
                 ).all()
                 stored += len(chunk)
-                missing += [(r.id, _as_utc(r.synced_at)) for r in chunk if r.id not in seen]
+                missing += [
+                    (r.id, never if r.synced_by == RECONCILE else _as_utc(r.synced_at))
+                    for r in chunk
+                    if r.id not in seen
+                ]
                 if len(chunk) < SWEEP_CHUNK:
                     return stored, missing
                 after = chunk[-1].id
