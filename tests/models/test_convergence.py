@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 
 from tests.conftest import empty_tables
 from tests.models.histories import ClerkHistory, Delivery
+from tests.models.organization_history import OrganizationHistory, model_tables
 from tests.models.support import WORKSPACE_KEY, synced_tables
 from workers.processing import apply_event, describe_event
 
@@ -92,6 +93,66 @@ def test_any_delivery_order_converges_to_in_order_state(engine: Engine) -> None:
 
     converges()
     assert sum(non_trivial) >= len(non_trivial) // 2, "histories were mostly trivial"
+
+
+# Every action, the organization model's (9-19) as often as the others.
+MODEL_KINDS = st.sampled_from(
+    [0, 1, 2, 2, 2, 3, 3, 4, 5, 6, 7, 7, 8, *range(9, 20), 9, 10, 12, 12, 13, 13, 15, 16]
+)
+
+
+@st.composite
+def model_histories(draw: st.DrawFn) -> OrganizationHistory:
+    history = OrganizationHistory(
+        organization_slots=draw(st.integers(min_value=2, max_value=3)),
+        user_count=draw(st.integers(min_value=2, max_value=3)),
+    )
+    action = st.tuples(
+        MODEL_KINDS,
+        st.integers(min_value=0, max_value=11),
+        st.integers(min_value=0, max_value=59),
+        st.sampled_from([1, 2, 1000, 60_000]),
+    )
+    # A prologue that makes derived columns likely: permissions, a role, a member.
+    prologue = [(9, 0, 0, 1), (9, 0, 1, 1), (12, 0, draw(st.integers(0, 59)), 1), (0, 0, 1, 1)]
+    for step in [*prologue, *draw(st.lists(action, min_size=1, max_size=30))]:
+        history.perform(*step)
+    return history
+
+
+def test_the_organization_model_converges_with_memberships_and_users(engine: Engine) -> None:
+    """Roles, permissions, invitations and domains mixed with organization, membership and
+    user events: any shuffled, duplicated delivery ends in the tables of in-order delivery,
+    the memberships' derived permissions and profile columns included, and those equal what
+    the model of Clerk holds."""
+    derived: list[bool] = []
+
+    @settings(
+        max_examples=60,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+        database=None,
+    )
+    @given(data=st.data(), history=model_histories())
+    def converges(data: Any, history: OrganizationHistory) -> None:
+        note(f"history: {history.events}")
+        empty_tables(engine)
+        apply_all(engine, history.events)
+        in_order = (synced_tables(engine), model_tables(engine))
+        assert in_order == (history.expected_state(), history.expected_model())
+
+        sent = data.draw(deliveries(history.events), label="deliveries")
+        empty_tables(engine)
+        apply_all(engine, sent)
+        assert (synced_tables(engine), model_tables(engine)) == in_order
+
+        granted = [m for m in history.members.values() if history.granted(m["role"]) is not None]
+        derived.append(bool(granted))
+        hypothesis_event(f"memberships whose role is stored: {min(len(granted), 2)}")
+        hypothesis_event(f"roles in final state: {min(len(in_order[1][0]), 2)}")
+
+    converges()
+    assert sum(derived) >= len(derived) // 5, "roles rarely reached a membership"
 
 
 @pytest.mark.parametrize("seed", range(3))
