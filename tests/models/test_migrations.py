@@ -3,11 +3,13 @@ the schema they build is exactly ``models.tables.metadata``."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -123,3 +125,35 @@ def test_cli_db_upgrade_migrates_the_configured_database(blank_url: str) -> None
 
     assert current_revision_is_head(blank_url)
     assert schema_differences(blank_url) == []
+
+
+def test_0007_keeps_what_each_stored_membership_listed(blank_url: str) -> None:
+    """Memberships stored before 0007 held what their newest event listed: the migration copies
+    it into ``listed_permissions``/``listed_identifier``, the fallbacks of the derived columns."""
+    command.upgrade(alembic_config(blank_url), "0006")
+    engine = create_engine(blank_url)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO organizations (id, name, public_metadata, created_at, updated_at, "
+                "synced_at) VALUES ('org_1', 'Acme', '{}', 1, 1, '2026-01-01')"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO organization_memberships (id, organization_id, user_id, role, "
+                "permissions, identifier, public_metadata, created_at, updated_at, synced_at) "
+                "VALUES ('orgmem_1', 'org_1', 'user_1', 'org:member', '[\"org:a:read\"]', "
+                "'+15550100', '{}', 1, 1, '2026-01-01')"
+            )
+        )
+
+    command.upgrade(alembic_config(blank_url), "head")
+
+    with engine.connect() as connection:
+        row = connection.execute(
+            text("SELECT listed_permissions, listed_identifier FROM organization_memberships")
+        ).one()
+    engine.dispose()
+    listed = json.loads(row[0]) if isinstance(row[0], str) else row[0]
+    assert (listed, row[1]) == (["org:a:read"], "+15550100")
