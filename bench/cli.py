@@ -21,6 +21,7 @@ from bench import (
     e2e_bench,
     hacks_bench,
     ingress_bench,
+    reconcile_bench,
     report,
     tables_bench,
     worker_bench,
@@ -38,6 +39,7 @@ BENCHMARKS: dict[str, Callable[[Context], BenchResult]] = {
     backlog_bench.NAME: backlog_bench.run,
     tables_bench.NAME: tables_bench.run,
     hacks_bench.NAME: hacks_bench.run,
+    reconcile_bench.NAME: reconcile_bench.run,
 }
 OPT_IN = (hacks_bench.NAME,)
 """Run only when named with ``--only`` (``hacks`` alone takes about 5 minutes, three quarters of
@@ -50,6 +52,7 @@ TITLES = {
     backlog_bench.NAME: backlog_bench.TITLE,
     tables_bench.NAME: tables_bench.TITLE,
     hacks_bench.NAME: hacks_bench.TITLE,
+    reconcile_bench.NAME: reconcile_bench.TITLE,
 }
 DEFAULT_RESULTS = ROOT / "bench" / "results"
 
