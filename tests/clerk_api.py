@@ -10,7 +10,12 @@ Only what ``clerk-sync reconcile`` reads (see the reference, §6 BAPI):
 * ``GET /v1/users``: the same paging → a bare JSON array; ``GET /v1/users/count``;
 * ``GET /v1/organizations/{id}``, ``GET /v1/users/{id}`` → the object, or 404;
 * ``GET /v1/organizations/{id}/memberships?user_id=…`` → ``{data, total_count}``, or 404 when the
-  organization does not exist.
+  organization does not exist;
+* the organization model (clerk-org-model.md §9): ``GET /v1/organization_roles``,
+  ``/v1/organization_permissions``, ``/v1/organization_invitations`` (``status`` filter) and
+  ``/v1/organization_domains`` (``organization_id`` filter), paged as above, → ``{data,
+  total_count}``; ``GET /v1/organization_roles/{id}``, ``/v1/organization_permissions/{id}`` and
+  ``/v1/organizations/{id}/invitations/{id}`` → the object, or 404 (no domain by id exists).
 
 Anything else is a 404; a request without ``Authorization: Bearer <secret key>`` is a 401.
 
@@ -108,6 +113,10 @@ class FakeClerk:
         self.organizations: dict[str, dict[str, Any]] = {}
         self.memberships: dict[str, dict[str, Any]] = {}
         self.users: dict[str, dict[str, Any]] = {}
+        self.roles: dict[str, dict[str, Any]] = {}
+        self.permissions: dict[str, dict[str, Any]] = {}
+        self.invitations: dict[str, dict[str, Any]] = {}
+        self.domains: dict[str, dict[str, Any]] = {}
         self.requests: list[Request] = []
         self.faults: list[Fault] = []
         self.hooks: list[Hook] = []
@@ -125,12 +134,18 @@ class FakeClerk:
         organizations: Iterable[dict[str, Any]] = (),
         memberships: Iterable[dict[str, Any]] = (),
         users: Iterable[dict[str, Any]] = (),
+        **model: Iterable[dict[str, Any]],
     ) -> None:
-        """Replace the whole state (and forget requests, faults and hooks)."""
+        """Replace the whole state (and forget requests, faults and hooks); ``model``: the
+        ``roles``, ``permissions``, ``invitations`` and ``domains``."""
         with self.lock:
             self.organizations = {data["id"]: data for data in organizations}
             self.memberships = {data["id"]: data for data in memberships}
             self.users = {data["id"]: data for data in users}
+            for name in ("roles", "permissions", "invitations", "domains"):
+                setattr(self, name, {data["id"]: data for data in model.pop(name, ())})
+            if model:
+                raise TypeError(f"unknown collections: {sorted(model)}")
             self.frozen = {}
             self.members_of = {}
             self.requests.clear()
@@ -284,6 +299,26 @@ class FakeClerk:
                     and (not wanted or data["public_user_data"]["user_id"] in wanted)
                 ]
                 return _listing(members, request)
+            case ["organization_roles" | "organization_permissions" as name]:
+                return _listing(getattr(self, name.removeprefix("organization_")).values(), request)
+            case ["organization_roles" | "organization_permissions" as name, entity_id]:
+                return _found(getattr(self, name.removeprefix("organization_")).get(entity_id))
+            case ["organization_invitations"]:
+                wanted = request.query.get("status")
+                invitations = self.invitations.values()
+                return _listing((i for i in invitations if _among(i, "status", wanted)), request)
+            case ["organizations", organization_id, "invitations", invitation_id]:
+                _found(self.organizations.get(organization_id))
+                found = self.invitations.get(invitation_id)
+                return _found(
+                    found if _among(found, "organization_id", [organization_id]) else None
+                )
+            case ["organization_domains"]:
+                wanted = request.query.get("organization_id")
+                domains = self.domains.values()
+                return _listing(
+                    (d for d in domains if _among(d, "organization_id", wanted)), request
+                )
         raise _HTTPError(404, "resource_not_found")
 
     def _route_frozen(self, segments: list[str], request: Request) -> RawJSON:
@@ -295,6 +330,10 @@ class FakeClerk:
                 return RawJSON(f'{{"data":{data},"total_count":{total}}}')
             case ["users"]:
                 return RawJSON(frozen["users"].page(request)[0])
+            case ["organization_roles" | "organization_permissions"]:
+                return RawJSON('{"data":[],"total_count":0}')  # none: Clerk's defaults aside
+            case ["organization_invitations" | "organization_domains"]:
+                return RawJSON('{"data":[],"total_count":0}')
             case ["users", "count"]:
                 total = len(frozen["users"].ordered)
                 return RawJSON(f'{{"object":"total_count","total_count":{total}}}')
@@ -328,6 +367,11 @@ def _found(data: Found | None) -> Found:
     if data is None:
         raise _HTTPError(404, "resource_not_found")
     return data
+
+
+def _among(data: Mapping[str, Any] | None, name: str, wanted: list[str] | None) -> bool:
+    """Whether ``data[name]`` is one of ``wanted`` (a filter not given: anything)."""
+    return data is not None and (wanted is None or data.get(name) in wanted)
 
 
 def _paging(request: Request) -> tuple[int, int, bool]:

@@ -87,9 +87,11 @@ def reconcile_command(
 ) -> None:
     """Compare the tables with Clerk's Backend API and repair them.
 
-    Lists every organization, membership and user; applies each through the webhook mutation
-    rules (a newer version wins, an older one is ignored); deletes and tombstones what Clerk no
-    longer has, except what was written since the run started. Needs CLERK_SECRET_KEY.
+    Lists every permission, role, organization, user, membership, invitation and domain;
+    applies each through the webhook mutation rules (a newer version wins, an older one is
+    ignored, the same version with other content is repaired); deletes and tombstones what
+    Clerk no longer has (never invitations), except what a webhook wrote since the run started.
+    Shows rows/s and the time left on a terminal. Needs CLERK_SECRET_KEY.
     """
     from clerk_sync.cli.common import load_settings
     from models.database import make_engine

@@ -476,7 +476,7 @@ def test_gives_up_after_its_retries(engine: Engine, clerk: FakeClerk) -> None:
 
     with pytest.raises(ClerkUnavailableError, match="HTTP 502 after 3 attempts"):
         run(engine, clerk, api=api_for(clerk, attempts=3))
-    assert len(clerk.requests) == 3
+    assert len(clerk.requests_to("/v1/organizations")) == 3
 
 
 def test_a_rejected_key_stops_at_once_and_is_never_shown(engine: Engine, clerk: FakeClerk) -> None:
@@ -536,6 +536,10 @@ def test_resumes_from_its_state_file_after_an_interruption(
     records = [json.loads(line) for line in state_file.read_text().splitlines()]
     assert records[0]["record"] == "start"
     assert [(r["record"], r["phase"]) for r in records if r["record"] in ("listed", "swept")] == [
+        ("listed", "permissions"),
+        ("swept", "permissions"),
+        ("listed", "roles"),
+        ("swept", "roles"),
         ("listed", "organizations"),
         ("swept", "organizations"),
     ]
@@ -696,11 +700,18 @@ def test_command_reports_per_entity_type(engine: Engine, clerk: FakeClerk) -> No
         "kept",
     ]
     # org_9 was written a moment ago: within the default 5-minute clock-skew margin, so kept.
-    assert lines[2].split() == ["organizations", "3", "0", "0", "0", "0", "0", "0", "1"]
-    assert lines[3].split() == ["users", "3", "0", "0", "0", "0", "0", "0", "0"]
-    assert lines[4].split() == ["memberships", "5", "0", "0", "0", "0", "0", "0", "0"]
-    assert lines[6].startswith("11 object(s) listed in ")
-    assert lines[6].endswith(" rows/s)")
+    zeros = ["0"] * 8
+    assert [line.split() for line in lines[2:9]] == [
+        ["permissions", *zeros],
+        ["roles", *zeros],
+        ["organizations", "3", "0", "0", "0", "0", "0", "0", "1"],
+        ["users", "3", *zeros[1:]],
+        ["memberships", "5", *zeros[1:]],
+        ["invitations", *zeros],
+        ["domains", *zeros],
+    ]
+    assert lines[10].startswith("11 object(s) listed in ")
+    assert lines[10].endswith(" rows/s)")
     assert SECRET_KEY not in dry.output + result.output
 
     as_json = runner.invoke(main, ["reconcile", "--json"], env=cli_env(engine, clerk))

@@ -30,7 +30,7 @@ from tenacity import (
 )
 
 from workers.reconcile.errors import ClerkAPIError, ClerkUnavailableError
-from workers.reconcile.phases import ORGANIZATIONS, USERS
+from workers.reconcile.phases import DOMAINS, LISTINGS, USERS
 
 log = logging.getLogger("clerk_sync.reconcile")
 
@@ -165,7 +165,7 @@ class ClerkAPI:
             if not isinstance(body, list):
                 raise ClerkAPIError("GET /v1/users: expected a JSON array")
             return Page(items=_objects(body, "/v1/users"), total=None)
-        path = "/v1/organizations" if phase == ORGANIZATIONS else "/v1/organization_memberships"
+        path = LISTINGS[phase]
         body = self.get(path, params)
         if not isinstance(body, dict) or not isinstance(body.get("data"), list):
             raise ClerkAPIError(f"GET {path}: expected an object with a 'data' list")
@@ -189,6 +189,29 @@ class ClerkAPI:
 
     def get_user(self, user_id: str) -> Mapping[str, Any] | None:
         return _object_or_none(self.get(f"/v1/users/{quote(user_id, safe='')}", missing_ok=True))
+
+    def get_role(self, role_id: str) -> Mapping[str, Any] | None:
+        path = f"/v1/organization_roles/{quote(role_id, safe='')}"
+        return _object_or_none(self.get(path, missing_ok=True))
+
+    def get_permission(self, permission_id: str) -> Mapping[str, Any] | None:
+        path = f"/v1/organization_permissions/{quote(permission_id, safe='')}"
+        return _object_or_none(self.get(path, missing_ok=True))
+
+    def get_invitation(self, organization_id: str, invitation_id: str) -> Mapping[str, Any] | None:
+        """None if the invitation, or its organization, is gone."""
+        organization, invitation = quote(organization_id, safe=""), quote(invitation_id, safe="")
+        path = f"/v1/organizations/{organization}/invitations/{invitation}"
+        return _object_or_none(self.get(path, missing_ok=True))
+
+    def domains_of(self, organization_id: str) -> list[Mapping[str, Any]]:
+        """The organization's domains (no Backend API call reads one domain by id)."""
+        path = LISTINGS[DOMAINS]
+        params = {"organization_id": organization_id, "limit": PAGE_SIZE}
+        body = self.get(path, params)
+        if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+            raise ClerkAPIError(f"GET {path}: expected an object with a 'data' list")
+        return _objects(body["data"], path)
 
     def memberships_of(self, organization_id: str, user_id: str) -> list[Mapping[str, Any]] | None:
         """The user's memberships in the organization (none or one); None if the organization

@@ -25,22 +25,36 @@ from typing import Any, Final
 
 from sqlalchemy import Connection, Engine, bindparam, select
 
+from models import versioned
 from models.changes import RECONCILE
+from models.domains import upsert_domain
+from models.invitations import upsert_invitation
 from models.memberships import upsert_membership
 from models.organizations import upsert_organization
+from models.permissions import upsert_permission
+from models.roles import upsert_role
 from models.unit_of_work import UnitOfWork
 from models.users import upsert_user
-from models.versioned import MEMBERSHIPS as MEMBERSHIP_ROWS
-from models.versioned import ORGANIZATIONS as ORGANIZATION_ROWS
-from models.versioned import USERS as USER_ROWS
 from models.versioned import Versioned
 from workers.handlers import Targets
+from workers.handlers.domains import domain_snapshot
+from workers.handlers.invitations import invitation_snapshot
 from workers.handlers.memberships import membership_snapshot
 from workers.handlers.payloads import PoisonEventError, organization_snapshot
+from workers.handlers.permissions import permission_snapshot
+from workers.handlers.roles import role_snapshot
 from workers.handlers.users import user_snapshot
 from workers.processing import read_targets, take_targets
 from workers.reconcile.clerk_api import Page, id_of
-from workers.reconcile.phases import MEMBERSHIPS, ORGANIZATIONS, USERS
+from workers.reconcile.phases import (
+    DOMAINS,
+    INVITATIONS,
+    MEMBERSHIPS,
+    ORGANIZATIONS,
+    PERMISSIONS,
+    ROLES,
+    USERS,
+)
 from workers.reconcile.report import Counts
 from workers.retries import retry_transient
 
@@ -65,14 +79,42 @@ class Entity:
 
 
 ENTITIES: Final[dict[str, Entity]] = {
-    ORGANIZATIONS: Entity(
-        ORGANIZATION_ROWS, "organization.updated", organization_snapshot, upsert_organization
+    PERMISSIONS: Entity(
+        versioned.PERMISSIONS,
+        "permission.updated",
+        lambda data, _key: permission_snapshot(data),
+        upsert_permission,
     ),
-    USERS: Entity(USER_ROWS, "user.updated", lambda data, _key: user_snapshot(data), upsert_user),
+    ROLES: Entity(
+        versioned.ROLES, "role.updated", lambda data, _key: role_snapshot(data), upsert_role
+    ),
+    ORGANIZATIONS: Entity(
+        versioned.ORGANIZATIONS, "organization.updated", organization_snapshot, upsert_organization
+    ),
+    USERS: Entity(
+        versioned.USERS, "user.updated", lambda data, _key: user_snapshot(data), upsert_user
+    ),
     MEMBERSHIPS: Entity(
-        MEMBERSHIP_ROWS, "organizationMembership.updated", membership_snapshot, upsert_membership
+        versioned.MEMBERSHIPS,
+        "organizationMembership.updated",
+        membership_snapshot,
+        upsert_membership,
+    ),
+    INVITATIONS: Entity(
+        versioned.INVITATIONS,
+        "organizationInvitation.created",
+        lambda data, _key: invitation_snapshot(data),
+        upsert_invitation,
+    ),
+    DOMAINS: Entity(
+        versioned.DOMAINS,
+        "organizationDomain.updated",
+        lambda data, _key: domain_snapshot(data),
+        upsert_domain,
     ),
 }
+"""Each phase's table, the webhook its listed objects are the ``data`` of, their reader (the
+webhook handler's) and rule."""
 
 
 @dataclass

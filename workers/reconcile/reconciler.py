@@ -1,17 +1,19 @@
 """One reconciliation run: apply Clerk's complete listings, then delete what Clerk no longer has.
 
-Every listed object goes through the same mutation functions as the webhooks
-(``upsert_organization``, ``upsert_membership``, ``upsert_user``), so a listed object older than
-the stored row is ignored and a newer one wins. Then, per entity type, what is stored here but
-was not listed is deleted and tombstoned, with three guards, because a tombstone is forever:
+Every listed object (permissions, roles, organizations, users, memberships, invitations,
+domains: ``phases``) goes through the same mutation rules as the webhooks, so a listed object
+older than the stored row is ignored and a newer one wins; at the same version, a stored row
+whose content differs is overwritten with Clerk's (``repaired``: a member's permissions or
+profile gone stale, say). Then, per entity type, what is stored here but was not listed is
+deleted and tombstoned, with three guards, because a tombstone is forever:
 
 * **Written since the run started** (``synced_at`` later than the start minus a clock-skew
-  margin): kept. Such a row may belong to an entity Clerk created after its listing page was
-  read, already delivered by a webhook.
-* **Still in Clerk**: every remaining candidate is looked up directly (``GET /v1/users/{id}``,
-  ``GET /v1/organizations/{id}``, ``GET /v1/organizations/{id}/memberships?user_id=…``) and
+  margin, by a webhook: not by this reconcile, ``synced_by``): kept. Such a row may belong to
+  an entity Clerk created after its listing page was read, already delivered by a webhook.
+* **Still in Clerk**: every remaining candidate is looked up by itself (``checks``) and
   deleted only if Clerk answers that it is gone. Offset paging skips an object whenever an
   earlier one is deleted mid-listing; the lookup catches that, and applies what it finds.
+  Invitations are never deleted (``checks``).
 * **Mass deletion**: if more than half the stored entities of a type (and more than
   ``MASS_DELETION_MINIMUM``) would go, the run stops before deleting anything of that type,
   unless allowed: a wrong ``CLERK_SECRET_KEY`` (another instance) must not empty the tables.
@@ -38,16 +40,13 @@ from sqlalchemy import Engine, Table, select
 
 from models.changes import RECONCILE
 from models.locks import LockBusyError, hold_session_lock
-from models.memberships import remove_membership
-from models.organizations import delete_organization
-from models.tables import organization_memberships
 from models.unit_of_work import UnitOfWork
-from models.users import delete_user
+from workers.reconcile.checks import check
 from workers.reconcile.clerk_api import PAGE_SIZE, ClerkAPI, Page, id_of
 from workers.reconcile.errors import MassDeletionError, ReconcileBusyError
 from workers.reconcile.journal import Checkpoint, Journal
 from workers.reconcile.pages import ENTITIES, ReadPage, read_page, write_page
-from workers.reconcile.phases import MEMBERSHIPS, ORGANIZATIONS, PHASES, USERS
+from workers.reconcile.phases import PHASES, USERS
 from workers.reconcile.prefetch import DEFAULT_AHEAD, Prefetcher
 from workers.reconcile.report import Counts, NoProgress, Pace, Progress, ReconcileReport
 from workers.retries import retry_transient
@@ -134,7 +133,8 @@ class Reconciler:
 
     # -- listing -----------------------------------------------------------------------------
 
-    def _apply(self, phase: str, items: list[Mapping[str, Any]]) -> Counts:
+    def apply(self, phase: str, items: list[Mapping[str, Any]]) -> Counts:
+        """Apply some of Clerk's objects (a deletion candidate's lookup) in one transaction."""
         entity = ENTITIES[phase]
         read = read_page(entity, Page(items, None), self.workspace_key)
         return write_page(self.engine, entity, read, dry_run=self.dry_run)
@@ -219,7 +219,7 @@ class Reconciler:
         self.progress.begin(f"{phase} (checking missing)", len(candidates), 0)
         try:
             for entity_id in candidates:
-                counts = self._check(phase, entity_id, checkpoint)
+                counts = check(self, phase, entity_id)
                 self._record(
                     checkpoint,
                     {
@@ -271,44 +271,7 @@ class Reconciler:
                     return stored, missing
                 after = chunk[-1].id
 
-    def _check(self, phase: str, entity_id: str, checkpoint: Checkpoint) -> Counts:
-        """Look one candidate up in Clerk: apply it if it is there, delete it if it is not."""
-        counts = Counts()
-        if phase == MEMBERSHIPS:
-            with self.engine.connect() as connection:
-                row = connection.execute(
-                    select(
-                        organization_memberships.c.organization_id,
-                        organization_memberships.c.user_id,
-                        organization_memberships.c.created_at,
-                    ).where(organization_memberships.c.id == entity_id)
-                ).one_or_none()
-            if row is None:  # gone meanwhile (a webhook, a supersession)
-                return counts
-            found = self.api.memberships_of(row.organization_id, row.user_id) or []
-            if not any(id_of(item) == entity_id for item in found):
-                self._delete(
-                    lambda work: remove_membership(
-                        work, row.organization_id, entity_id, row.created_at, _now_ms()
-                    )
-                )
-                counts.add("deleted")
-            if found:
-                counts.merge(self._apply(phase, found))
-            return counts
-        lookup = self.api.get_organization if phase == ORGANIZATIONS else self.api.get_user
-        current = lookup(entity_id)
-        if current is not None:
-            counts.merge(self._apply(phase, [current]))
-            return counts
-        if phase == ORGANIZATIONS:
-            self._delete(lambda work: delete_organization(work, entity_id, _now_ms()))
-        else:
-            self._delete(lambda work: delete_user(work, entity_id, _now_ms()))
-        counts.add("deleted")
-        return counts
-
-    def _delete(self, mutation: Callable[[UnitOfWork], None]) -> None:
+    def delete(self, mutation: Callable[[UnitOfWork], None]) -> None:
         """One deletion in a transaction of its own (rolled back in a dry run)."""
 
         @retry_transient
@@ -334,10 +297,6 @@ class Reconciler:
 
 def _nonzero(counts: Counts) -> dict[str, int]:
     return {outcome: count for outcome, count in counts.as_dict().items() if count}
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _as_utc(moment: datetime) -> datetime:
