@@ -9,11 +9,11 @@ import time
 from dataclasses import replace
 from datetime import timedelta
 from functools import partial
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 from celery import Celery, Task, signals
-from celery.exceptions import Reject
+from celery.exceptions import Reject, Retry
 from prometheus_client import CollectorRegistry
 
 from clerk_sync.broker.batch_items import register_batch_runner
@@ -181,12 +181,12 @@ def create_celery_app(settings: Settings) -> Celery:
             else:
                 record_retry(runtime.engine, event, error)
                 runtime.metrics.retries.labels(event_type).inc()
+                queued = QueuedEvent(svix_id, payload, received_at_ms, event.event_type)
+                countdown = runtime.retry_countdown(task.request.retries)
+                if runtime.publisher.confirms:
+                    _confirmed_retry(runtime, task, queued, countdown, error)
                 raise task.retry(
-                    exc=error,
-                    countdown=runtime.retry_countdown(task.request.retries),
-                    argsrepr=QueuedEvent(
-                        svix_id, payload, received_at_ms, event.event_type
-                    ).argsrepr(),
+                    exc=error, countdown=countdown, argsrepr=queued.argsrepr()
                 ) from error
         finally:
             structlog.contextvars.unbind_contextvars("svix_id", "event_type")
@@ -265,6 +265,21 @@ def sweep(
     ledger.forget(finished)
     record_conflicts(runtime, ledger, SWEEP_BATCH)
     return republished
+
+
+def _confirmed_retry(
+    runtime: WorkerRuntime, task: Task, event: QueuedEvent, countdown: float, error: Exception
+) -> NoReturn:
+    """RabbitMQ: the retry is published through the confirming publisher (Celery's own
+    connections are not in confirm mode) before the message is acknowledged, as the batches'
+    retries are; if RabbitMQ does not confirm it, the message goes back on the queue."""
+    try:
+        runtime.publisher.send(
+            event, task_id=task.request.id, retries=task.request.retries + 1, countdown=countdown
+        )
+    except BROKER_ERRORS as unpublished:
+        raise Reject(unpublished, requeue=True) from unpublished
+    raise Retry(exc=error, when=countdown) from error
 
 
 def event_type_of(event: QueuedEvent) -> str | None:

@@ -18,6 +18,7 @@ from typing import Any, Final
 from sqlalchemy import Connection, Engine
 
 from clerk_sync.core.json_reading import read_payload
+from models.changes.erasure import erase_from_feed
 from models.database import transaction
 from models.events import IncomingEvent
 from models.redaction import (
@@ -94,13 +95,15 @@ def erase_user(connection: Connection, user_id: str) -> int:
 
 
 def erase_users(connection: Connection, user_ids: Sequence[str]) -> int:
-    """``erase_user`` for many users, in one query and one batch of updates."""
+    """``erase_user`` for many users, in one query and one batch of updates; the change feed's
+    snapshots about them too (``models.changes.erasure``)."""
     rewritten = []
     for svix_id, event_type, payload in payloads_about(connection, user_ids):
         erased = erased_payload(event_type, payload)
         if erased is not None and erased != payload:
             rewritten.append((svix_id, erased))
     rewrite_payloads(connection, rewritten)
+    erase_from_feed(connection, user_ids)
     return len(rewritten)
 
 

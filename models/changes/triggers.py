@@ -2,12 +2,14 @@
 holds them, so a migration freezes what it installs (it passes the columns it reads, never the
 models'), and ``rebuild`` installs the same on the tables it swaps in.
 
-PostgreSQL: one generic PL/pgSQL function, run once per statement with its transition tables
+PostgreSQL: a PL/pgSQL function per table, run once per statement with its transition tables
 (``REFERENCING``): an upsert of a hundred rows records its changes with one ``INSERT ... SELECT``,
-the changed columns found by comparing ``to_jsonb`` of the old and new rows. Before its first
-change, a transaction takes a shared advisory lock keyed on the newest id allocated so far
-(``models.changes.reading`` explains why readers need it), and ``pg_notify`` wakes listeners when
-the transaction commits. SQLite: three row triggers per table, ``OLD.c IS NOT NEW.c`` per column.
+the changed columns found by comparing the old and new rows column by column (a generic function
+comparing ``to_jsonb`` of the rows cost PostgreSQL three times the CPU per event; decision 0004).
+Before its first change, a transaction takes a shared advisory lock keyed on the newest id
+allocated so far (``models.changes.reading`` explains why readers need it), and ``pg_notify``
+wakes listeners when the transaction commits. SQLite: three row triggers per table,
+``OLD.c IS NOT NEW.c`` per column.
 
 Columns ``synced_at`` and ``synced_by`` are bookkeeping: a write changing only them records
 nothing, and the row snapshot leaves them out (``synced_by`` is the change's ``source``).
@@ -30,51 +32,52 @@ SOURCE_SETTING: Final = "clerk_sync.source"
 """The transaction's setting naming the source of the deletions that follow (PostgreSQL)."""
 LOCKED_SETTING: Final = "clerk_sync.feed_locked"
 
-_PG_FUNCTION: Final = f"""
-CREATE OR REPLACE FUNCTION {FUNCTION}() RETURNS trigger LANGUAGE plpgsql AS $body$
-DECLARE
-    newest bigint;
-    names text[];
-BEGIN
+_PG_PROLOGUE: Final = f"""
     IF current_setting('{LOCKED_SETTING}', true) IS DISTINCT FROM 'yes' THEN
         SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END
             INTO newest FROM {SEQUENCE};
         PERFORM pg_advisory_xact_lock_shared(
             ({LOCK_CLASS} + (newest >> 32))::int, (newest & 4294967295)::bit(32)::int);
         PERFORM set_config('{LOCKED_SETTING}', 'yes', true);
-    END IF;
-    SELECT array_agg(attname::text ORDER BY attnum) INTO names FROM pg_attribute
-        WHERE attrelid = TG_RELID AND attnum > 0 AND NOT attisdropped
-        AND attname NOT IN ('synced_at', 'synced_by');
+    END IF;"""  # noqa: S608 - constants only
+_PG_INSERT: Final = (
+    "INSERT INTO sync_changes (table_name, entity_id, operation, changed_columns, row_values, "
+    "source)"
+)
+
+
+def postgresql_function(table: str, columns: Sequence[str]) -> str:
+    """``CREATE OR REPLACE FUNCTION`` of ``table``'s trigger function, whose columns (in
+    order) are ``columns``: the changed columns are found by comparing each column of the old
+    and new rows natively (``IS DISTINCT FROM``), and only a changed row is turned into JSON."""
+    data = [name for name in columns if name not in BOOKKEEPING]
+    every = "'[" + ", ".join(f'"{name}"' for name in data) + "]'::jsonb"
+    compared = ", ".join(
+        f"CASE WHEN n.{name} IS DISTINCT FROM o.{name} THEN '{name}' END" for name in data
+    )
+    snapshot = "to_jsonb(n) - 'synced_at' - 'synced_by'"
+    return f"""
+CREATE OR REPLACE FUNCTION {FUNCTION}_{table}() RETURNS trigger LANGUAGE plpgsql AS $body$
+DECLARE
+    newest bigint;
+BEGIN{_PG_PROLOGUE}
     IF TG_OP = 'INSERT' THEN
-        INSERT INTO sync_changes
-            (table_name, entity_id, operation, changed_columns, row_values, source)
-        SELECT TG_TABLE_NAME, n.id, 'insert', to_jsonb(names),
-            to_jsonb(n) - 'synced_at' - 'synced_by', n.synced_by
-        FROM new_rows AS n ORDER BY n.id;
+        {_PG_INSERT}
+        SELECT '{table}', n.id, 'insert', {every}, {snapshot}, n.synced_by FROM new_rows AS n;
     ELSIF TG_OP = 'UPDATE' THEN
-        INSERT INTO sync_changes
-            (table_name, entity_id, operation, changed_columns, row_values, source)
-        SELECT TG_TABLE_NAME, d.id, 'update', d.changed,
-            d.after - 'synced_at' - 'synced_by', d.after ->> 'synced_by'
+        {_PG_INSERT}
+        SELECT '{table}', d.id, 'update', to_jsonb(d.changed), d.snapshot, d.synced_by
         FROM (
-            SELECT n.id, a.after, (
-                SELECT jsonb_agg(name ORDER BY position)
-                FROM unnest(names) WITH ORDINALITY AS c(name, position)
-                WHERE a.after -> name IS DISTINCT FROM b.before -> name
-            ) AS changed
-            FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id,
-            LATERAL (SELECT to_jsonb(n) AS after) AS a,
-            LATERAL (SELECT to_jsonb(o) AS before) AS b
+            SELECT n.id, n.synced_by, {snapshot} AS snapshot,
+                array_remove(ARRAY[{compared}], NULL) AS changed
+            FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id
         ) AS d
-        WHERE d.changed IS NOT NULL ORDER BY d.id;
+        WHERE cardinality(d.changed) > 0;
     ELSE
-        INSERT INTO sync_changes
-            (table_name, entity_id, operation, changed_columns, row_values, source)
-        SELECT TG_TABLE_NAME, o.id, 'delete', '[]'::jsonb,
-            to_jsonb(o) - 'synced_at' - 'synced_by',
+        {_PG_INSERT}
+        SELECT '{table}', o.id, 'delete', '[]'::jsonb, to_jsonb(o) - 'synced_at' - 'synced_by',
             NULLIF(current_setting('{SOURCE_SETTING}', true), '')
-        FROM old_rows AS o ORDER BY o.id;
+        FROM old_rows AS o;
     END IF;
     IF FOUND THEN
         PERFORM pg_notify('{CHANNEL}', '');
@@ -82,19 +85,14 @@ BEGIN
     RETURN NULL;
 END
 $body$
-"""  # noqa: S608 - constants only
-
-
-def postgresql_function() -> str:
-    """``CREATE OR REPLACE FUNCTION`` of the trigger function every synced table shares."""
-    return _PG_FUNCTION
+"""  # noqa: S608 - names from the table's definition
 
 
 def postgresql_triggers(table: str, schema: str | None = None) -> list[str]:
     """The three statement triggers of ``table`` (in ``schema``, else as the search path
     resolves it)."""
     name = f'"{schema}".{table}' if schema else table
-    execute = f"FOR EACH STATEMENT EXECUTE FUNCTION {FUNCTION}()"
+    execute = f"FOR EACH STATEMENT EXECUTE FUNCTION {FUNCTION}_{table}()"
     return [
         f"CREATE TRIGGER clerk_sync_changes_insert AFTER INSERT ON {name} "
         f"REFERENCING NEW TABLE AS new_rows {execute}",
@@ -106,9 +104,13 @@ def postgresql_triggers(table: str, schema: str | None = None) -> list[str]:
 
 
 def postgresql_drop_triggers(table: str) -> list[str]:
+    """Drop ``table``'s triggers and their function."""
     return [
-        f"DROP TRIGGER IF EXISTS clerk_sync_changes_{operation} ON {table}"
-        for operation in ("insert", "update", "delete")
+        *(
+            f"DROP TRIGGER IF EXISTS clerk_sync_changes_{operation} ON {table}"
+            for operation in ("insert", "update", "delete")
+        ),
+        f"DROP FUNCTION IF EXISTS {FUNCTION}_{table}()",
     ]
 
 

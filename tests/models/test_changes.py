@@ -265,3 +265,33 @@ def test_a_roles_new_permissions_are_recorded_on_each_member_it_reaches(
         assert "permissions" in change.columns
         assert change.values is not None
         assert sorted(change.values["permissions"]) == ["org:billing:manage", "org:reports:read"]
+
+
+def test_erasing_a_deleted_user_blanks_their_personal_data_in_the_feed(
+    feed_engine: Engine,
+) -> None:
+    from workers.erasure import erase_requested
+
+    engine = feed_engine
+    organization = organization_data("org_1")
+    for user_id in ("user_gone", "user_kept"):
+        deliver(engine, event("user.created", user_data(user_id, first_name="Jane")))
+        member = membership_data(
+            organization, membership_id=f"orgmem_{user_id}", user_id=user_id, first_name="Jane"
+        )
+        deliver(engine, event("organizationMembership.created", member))
+    deleted = {"id": "user_gone", "object": "user", "deleted": True}
+    deliver(engine, event("user.deleted", deleted, 9_000_000_000_000))
+
+    assert erase_requested(engine) == 1
+
+    about: dict[tuple[str, str], list[Any]] = {}
+    for change in feed(engine):
+        about.setdefault((change.table, change.entity_id), []).append(change.values)
+    for key in (("users", "user_gone"), ("organization_memberships", "orgmem_user_gone")):
+        for values in about[key]:
+            assert values is not None
+            assert values["first_name"] is None, key
+            assert values["id"] == key[1], "ids stay"
+    for key in (("users", "user_kept"), ("organization_memberships", "orgmem_user_kept")):
+        assert all(values["first_name"] == "Jane" for values in about[key]), key

@@ -20,7 +20,6 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 from models.changes.triggers import (
-    FUNCTION,
     postgresql_drop_triggers,
     postgresql_function,
     postgresql_triggers,
@@ -90,16 +89,15 @@ def upgrade() -> None:
         op.add_column(table, sa.Column("synced_by", sa.String(128), nullable=True))
 
     connection = op.get_bind()
-    if connection.dialect.name == "postgresql":
-        op.execute(postgresql_function())
-        for table in FEED_TABLES:
-            for statement in postgresql_triggers(table):
-                op.execute(statement)
-        return
     inspector = sa.inspect(connection)
     for table in FEED_TABLES:
         columns = inspector.get_columns(table)
         names = [column["name"] for column in columns]
+        if connection.dialect.name == "postgresql":
+            op.execute(postgresql_function(table, names))
+            for statement in postgresql_triggers(table):
+                op.execute(statement)
+            continue
         documents = [c["name"] for c in columns if isinstance(c["type"], sa.JSON)]
         for statement in sqlite_triggers(table, names, documents):
             op.execute(statement)
@@ -114,8 +112,6 @@ def downgrade() -> None:
             op.execute(statement)
         with op.batch_alter_table(table) as batch:
             batch.drop_column("synced_by")
-    if postgres:
-        op.execute(f"DROP FUNCTION IF EXISTS {FUNCTION}()")
     op.drop_table("sync_change_context")
     op.drop_table("sync_change_positions")
     op.drop_index("ix_sync_changes_changed_at", table_name="sync_changes")
