@@ -21,6 +21,7 @@ from bench import (
     e2e_bench,
     hacks_bench,
     ingress_bench,
+    rabbitmq,
     reconcile_bench,
     report,
     tables_bench,
@@ -41,6 +42,19 @@ BENCHMARKS: dict[str, Callable[[Context], BenchResult]] = {
     hacks_bench.NAME: hacks_bench.run,
     reconcile_bench.NAME: reconcile_bench.run,
 }
+# Each RabbitMQ configuration right after its Redis one (bench.rabbitmq).
+BENCHMARKS = {
+    name: run
+    for base, base_run in BENCHMARKS.items()
+    for name, run in [
+        (base, base_run),
+        *[
+            (amqp, amqp_run)
+            for amqp, (amqp_run, _) in rabbitmq.BENCHMARKS.items()
+            if amqp == base + rabbitmq.SUFFIX
+        ],
+    ]
+}
 OPT_IN = (hacks_bench.NAME,)
 """Run only when named with ``--only`` (``hacks`` alone takes about 5 minutes, three quarters of
 the default run)."""
@@ -53,7 +67,9 @@ TITLES = {
     tables_bench.NAME: tables_bench.TITLE,
     hacks_bench.NAME: hacks_bench.TITLE,
     reconcile_bench.NAME: reconcile_bench.TITLE,
+    **{name: title for name, (_run, title) in rabbitmq.BENCHMARKS.items()},
 }
+TITLES = {name: TITLES[name] for name in BENCHMARKS}
 DEFAULT_RESULTS = ROOT / "bench" / "results"
 
 
@@ -98,6 +114,16 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
         "--redis-url",
         default="redis://127.0.0.1:6379/9",
         help="a Redis database of the harness's own: it is flushed",
+    )
+    parser.add_argument(
+        "--database-prefix",
+        default="clerk_sync_bench",
+        help="names of the PostgreSQL databases the harness creates and drops (prefix*)",
+    )
+    parser.add_argument(
+        "--amqp-url",
+        default=rabbitmq.DEFAULT_URL,
+        help="RabbitMQ of the -amqp benchmarks; the harness deletes the queues it declares",
     )
     parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
     parser.add_argument(
@@ -184,11 +210,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_redis_url(arguments.redis_url)
 
     plan = make_plan(arguments)
-    services = Services(arguments.postgres_url, arguments.redis_url)
+    services = Services(
+        arguments.postgres_url, arguments.redis_url, database_prefix=arguments.database_prefix
+    )
     work_dir = results_dir / "logs"
     shutil.rmtree(work_dir, ignore_errors=True)
     work_dir.mkdir(parents=True)
-    context = Context(plan, services, Supervisor(work_dir), work_dir, profile=arguments.profile)
+    context = Context(
+        plan,
+        services,
+        Supervisor(work_dir),
+        work_dir,
+        profile=arguments.profile,
+        amqp_url=arguments.amqp_url,
+    )
     names = arguments.only or DEFAULT
     started_at = datetime.now(UTC)
     results: dict[str, Any] = {

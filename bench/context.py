@@ -106,6 +106,8 @@ class Context:
     work_dir: Path
     """Logs and scratch files of this run (``bench/results/logs``)."""
     profile: bool = False
+    amqp_url: str = ""
+    """RabbitMQ for the ``-amqp`` benchmarks (``bench.rabbitmq``)."""
     databases: list[Database] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
 

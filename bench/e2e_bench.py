@@ -360,6 +360,7 @@ def run(context: Context) -> BenchResult:
     for child in (worker, ingress.child, raw_consumer):
         supervisor.stop(child)
     context.services.flush_redis()
+    context.services.drop_queue(queue)
 
     result.details["runs"] = runs
     for label, windows in cpu_windows.items():

@@ -60,7 +60,8 @@ def run(context: Context) -> BenchResult:
     for label in LABELS:
         servers[label] = start_ingress(
             context.supervisor,
-            context.services,
+            # The floor is an LPUSH to Redis whatever clerk-sync's broker.
+            context.services if label == "ingress" else context.services.on_redis(),
             name=f"gunicorn-{label}",
             queue=queue,
             work_dir=context.work_dir,
@@ -79,6 +80,7 @@ def run(context: Context) -> BenchResult:
 
     def one_run(label: str, seconds: float) -> tuple[WrkResult, dict[str, float]]:
         context.services.flush_redis()  # the queue grows by every accepted request
+        context.services.purge_queue(queue)
         write_signed_requests(requests_file, events)
         cpu = CpuTracker(
             {f"gunicorn ({label})": tree(servers[label].child.pid), "redis-server": redis}
@@ -159,6 +161,7 @@ def run(context: Context) -> BenchResult:
     for server in servers.values():
         context.supervisor.stop(server.child)
     context.services.flush_redis()
+    context.services.drop_queue(queue)
     return result
 
 
@@ -191,11 +194,7 @@ def _probe(servers: dict[str, Server], event: Event) -> None:
 
 
 def _queue_length(context: Context, queue: str) -> int:
-    client = context.services.redis()
-    try:
-        return int(client.llen(queue))
-    finally:
-        client.close()
+    return context.services.queued(queue)
 
 
 def _profile(

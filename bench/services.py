@@ -11,12 +11,14 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import amqp.exceptions
 import psycopg
 import redis
+from kombu.connection import Connection
 
 from bench.events import WEBHOOK_SECRET
 from bench.procs import ROOT, BenchError
@@ -29,6 +31,51 @@ class Services:
     redis_url: str
     """The harness's own Redis database (flushed between runs)."""
     database_prefix: str = "clerk_sync_bench"
+    amqp_url: str = ""
+    """Set: clerk-sync's processes use RabbitMQ (this URL) as their broker instead of Redis (the
+    ``-amqp`` benchmarks); Redis still serves the baselines."""
+
+    @property
+    def broker_url(self) -> str:
+        return self.amqp_url or self.redis_url
+
+    def on_redis(self) -> Services:
+        """These services with Redis as clerk-sync's broker."""
+        return replace(self, amqp_url="")
+
+    def queued(self, queue: str) -> int:
+        """Messages waiting in clerk-sync's queue (a Redis list, or a RabbitMQ queue)."""
+        if not self.amqp_url:
+            client = self.redis()
+            try:
+                return int(client.llen(queue))
+            finally:
+                client.close()
+        with Connection(self.amqp_url, connect_timeout=10) as connection:  # type: ignore[no-untyped-call]
+            try:
+                _name, ready, _consumers = connection.default_channel.queue_declare(
+                    queue=queue, passive=True
+                )
+            except amqp.exceptions.NotFound:
+                return 0
+        return int(ready)
+
+    def purge_queue(self, queue: str) -> None:
+        """Empty a RabbitMQ queue of the harness, if it exists (Redis: ``flush_redis``)."""
+        if not self.amqp_url:
+            return
+        connection = Connection(self.amqp_url, connect_timeout=10)  # type: ignore[no-untyped-call]
+        with connection, suppress(amqp.exceptions.NotFound):
+            connection.default_channel.queue_purge(queue=queue)  # type: ignore[no-untyped-call]
+
+    def drop_queue(self, queue: str) -> None:
+        """Delete a RabbitMQ queue of the harness (quorum queues outlive their consumers);
+        Redis lists go with ``flush_redis``."""
+        if not self.amqp_url:
+            return
+        with Connection(self.amqp_url, connect_timeout=10) as connection:  # type: ignore[no-untyped-call]
+            connection.default_channel.queue_delete(queue=queue)
+            connection.default_channel.exchange_delete(exchange=queue)
 
     def database_url(self, name: str) -> str:
         return self.postgres_admin_url.rsplit("/", 1)[0] + f"/{name}"
@@ -152,7 +199,7 @@ def clerk_sync_env(
             # The key of the task messages' MAC (clerk_sync.core.message_auth).
             "CLERK_SYNC_MESSAGE_SECRET": "bench-message-secret-0123456789abcdef0123456789",
             "DATABASE_URL": database_url,
-            "CELERY_BROKER_URL": services.redis_url,
+            "CELERY_BROKER_URL": services.broker_url,
             "CLERK_SYNC_QUEUE": queue,
             # One worker per run, and ports are shared with colleagues: no metrics endpoint.
             "CLERK_SYNC_WORKER_METRICS_PORT": "0",

@@ -132,8 +132,8 @@ class PipelineGauges(Collector):
         )
         durable.add_metric([str(durability.verdict)], 1 if durability.durable else 0)
         families: list[Metric] = [durable]
-        if durability.verdict is Verdict.NOT_CHECKED:
-            return families
+        if durability.verdict is Verdict.NOT_CHECKED or not self._settings.uses_redis_broker:
+            return families  # RabbitMQ: no ledger; its queue depth is RabbitMQ's to report
         client = redis_client(self._settings)
         try:
             pipeline = client.pipeline(transaction=False)

@@ -24,6 +24,7 @@ from kombu.connection import Connection
 from kombu.messaging import Producer
 
 from clerk_sync.core.queue import APPLY_EVENT_TASK, QueuedEvent
+from clerk_sync.core.rabbitmq import CONFIRMED
 from clerk_sync.core.settings import Settings
 
 _forks = [0]
@@ -102,7 +103,7 @@ class ConfirmedPublishing:
             conf = self._celery.conf
             connection = Connection(  # type: ignore[no-untyped-call]
                 conf.broker_url,
-                transport_options=dict(conf.broker_transport_options),
+                transport_options={**conf.broker_transport_options, **CONFIRMED},
                 connect_timeout=self._timeout,
                 heartbeat=0,
             )

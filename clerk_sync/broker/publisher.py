@@ -54,6 +54,12 @@ class Publisher:
             ConfirmedPublishing(settings, celery_app) if settings.uses_amqp_broker else None
         )
 
+    @property
+    def confirms(self) -> bool:
+        """Whether each message is confirmed by the broker (RabbitMQ) rather than kept in the
+        ledger (Redis)."""
+        return self._confirmed is not None
+
     def publish(self, event: QueuedEvent, *, replay: bool = False) -> Acceptance:
         """Return once the broker holds the message and the ledger the event (or, on Redis,
         holds them already: ``Acceptance``), else raise ``BrokerUnavailableError``. A

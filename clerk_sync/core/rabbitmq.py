@@ -2,9 +2,10 @@
 
 A quorum queue (RabbitMQ 3.8 or newer) is replicated with Raft and writes each message to disk
 (``fsync``) on a majority of its members before the broker confirms it; with publisher
-confirms (kombu's ``confirm_publish`` transport option) a publish returns only once RabbitMQ
-confirmed it. So a ``202`` of the ingress means the broker holds the message durably: no ledger
-is kept beside a RabbitMQ queue (``docs/architecture.md``, delivery guarantees).
+confirms (kombu's ``confirm_publish`` transport option, ``CONFIRMED``) a publish returns only
+once RabbitMQ confirmed it. So a ``202`` of the ingress means the broker holds the message
+durably: no ledger is kept beside a RabbitMQ queue (``docs/architecture.md``, delivery
+guarantees).
 
 The queue is declared through Celery's ``task_queues`` (``queue_arguments``) by every side, the
 same way (RabbitMQ refuses a declaration that differs from the queue's). Its exchange is a
@@ -37,10 +38,17 @@ def task_queue(settings: Settings) -> Queue:
     )
 
 
+CONFIRMED: Final = {"confirm_publish": True}
+"""kombu's py-amqp transport option that puts a connection's channels in confirm mode: set on
+the connections of ``clerk_sync.broker.confirmed`` (the ingress's publishes, the workers'
+retries, ``events replay``), not on Celery's own: a worker's task events (a few per message,
+for Flower) need no confirm, and waiting for one each costs the worker most of its speed."""
+
+
 def transport_options(settings: Settings) -> dict[str, Any]:
-    """kombu's py-amqp transport: every channel in confirm mode."""
+    """kombu's py-amqp transport, as Celery's connections use it."""
     del settings
-    return {"confirm_publish": True}
+    return {}
 
 
 def celery_settings(settings: Settings) -> dict[str, Any]:
