@@ -342,6 +342,23 @@ def test_beat_and_flower_run_celery_against_workers_main(services: dict[str, Any
     assert flower["environment"]["FLOWER_BASIC_AUTH"] == REQUIRED["FLOWER_BASIC_AUTH"]
 
 
+def test_workers_and_beats_scale_with_replicas(tmp_path: Path, services: dict[str, Any]) -> None:
+    """One worker and one beat by default; WORKER_REPLICAS and BEAT_REPLICAS run more (issue #20:
+    several hosts). Nothing pins a worker's node name or container name, so replicas differ."""
+    assert services["worker"]["deploy"]["replicas"] == 1
+    result = run_config(tmp_path, {**REQUIRED, "WORKER_REPLICAS": "3", "BEAT_REPLICAS": "2"})
+    assert result.returncode == 0, result.stderr
+    scaled = yaml.safe_load(result.stdout)["services"]
+    assert scaled["worker"]["deploy"]["replicas"] == 3
+    assert scaled["beat"]["deploy"]["replicas"] == 2
+    for name in ("worker", "beat"):
+        assert "container_name" not in scaled[name], name
+        assert "hostname" not in scaled[name], name
+    assert not any(
+        option.startswith(("-n", "--hostname")) for option in scaled["worker"]["command"]
+    ), "clerk-sync worker names itself clerk-sync@<host>-<pid>"
+
+
 def _names_missing(stderr: str, variable: str) -> bool:
     # The `${VAR:?set VAR ...}` message follows a colon in both Compose v1 and v2 output; the
     # unrendered template (which v1 echoes, `:?set OTHER`) does not match.

@@ -26,6 +26,7 @@ from clerk_sync.core.queue import (
     APPLY_EVENT_TASK,
     BROKER_ERRORS,
     SWEEP_LEDGER_TASK,
+    Ledger,
     QueuedEvent,
     broker_configuration,
 )
@@ -45,7 +46,7 @@ from workers.processing import (
 )
 from workers.reconcile import RECONCILE_TASK, reconcile_schedule, scheduled_reconcile
 from workers.runtime import WorkerRuntime
-from workers.sweeping import give_up_on, record_conflicts
+from workers.sweeping import give_up_on, one_sweeper, record_conflicts
 
 log = logging.getLogger("clerk_sync.worker")
 
@@ -230,13 +231,20 @@ def sweep(
     show as finished; drop the ones that are, and the entries whose MAC does not check out
     (forged: never published). An event re-published ``ledger_max_redeliveries`` times is
     dead-lettered and dropped instead; bodies the ingress set aside (another body under an svix
-    id it held) are recorded in the inbox. Returns how many were re-published."""
-    if check is None:
-        check = MessageCheck(runtime.settings, CollectorRegistry)
+    id it held) are recorded in the inbox. Returns how many were re-published. One sweeper at a
+    time (``workers.sweeping.one_sweeper``): another that finds it running returns 0."""
     ledger = runtime.publisher.ledger
     if ledger is None:
         return 0
-    now = time.time() if now is None else now
+    with one_sweeper(ledger) as alone:
+        if not alone:
+            return 0
+        return _sweep(runtime, ledger, time.time() if now is None else now, check)
+
+
+def _sweep(runtime: WorkerRuntime, ledger: Ledger, now: float, check: MessageCheck | None) -> int:
+    if check is None:
+        check = MessageCheck(runtime.settings, CollectorRegistry)
     republished = 0
     finished: list[str] = []
     for event in ledger.overdue(now, SWEEP_BATCH):

@@ -1,18 +1,55 @@
-"""What the ledger sweeper does besides re-publishing: give up on an event it re-published
+"""What the ledger sweeper does besides re-publishing: one sweeper at a time, whatever the
+number of beats and workers (a lock in the broker); give up on an event it re-published
 ``CLERK_SYNC_LEDGER_MAX_REDELIVERIES`` times (dead in the inbox, with why), and record in the
 inbox the bodies the ingress set aside (another body under an svix id it held)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Final
 
-from clerk_sync.core.queue import Ledger, QueuedEvent
+import redis
+
+from clerk_sync.core.queue import BROKER_ERRORS, Ledger, QueuedEvent
 from models.claims import give_up, record_conflict_of
 from models.database import transaction
 from workers.processing import describe_event
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger("clerk_sync.worker")
+
+SWEEP_LOCK_KEY: Final = "clerk-sync:lock:sweep"
+SWEEP_LOCK_SECONDS: Final = 300
+"""The lock's lease: a sweeper that dies holding it holds back the others this long at most (a
+sweep takes at most ``SWEEP_BATCH`` entries: seconds)."""
+
+
+@contextmanager
+def one_sweeper(ledger: Ledger) -> Iterator[bool]:
+    """Yield whether this sweeper holds the sweep lock, taken without waiting in the broker's
+    Redis beside the ledger: redis-py's ``Lock`` (``SET NX PX`` with a random token; released
+    with a compare-and-delete script, so a sweeper whose lease ran out never releases another's).
+
+    With several beats (one per host) each sweep is scheduled several times, and workers on
+    several hosts run them: without the lock two sweeps would read the same overdue entries and
+    both re-publish them. Applying an event twice is harmless (the inbox keeps one outcome), but
+    each re-publication counts towards ``CLERK_SYNC_LEDGER_MAX_REDELIVERIES``."""
+    lock = ledger.client.lock(SWEEP_LOCK_KEY, timeout=SWEEP_LOCK_SECONDS, blocking=False)
+    if not lock.acquire():
+        log.info("ledger: another sweeper is running; this one skips its turn")
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        try:
+            lock.release()
+        except (redis.exceptions.LockError, *BROKER_ERRORS) as error:
+            # The lease ran out (another may have taken it), or the broker is gone: the lock
+            # expires on its own.
+            log.warning("ledger: sweep lock not released", extra={"error": type(error).__name__})
 
 
 def give_up_on(runtime: WorkerRuntime, event: QueuedEvent, redeliveries: int) -> None:

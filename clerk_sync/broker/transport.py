@@ -173,26 +173,18 @@ class Channel(kombu_redis.Channel):
                 raise
 
 
-class Transport(kombu_redis.Transport):
-    Channel = Channel
+class KeepsItsClient:
+    """A kombu transport that keeps its ``client`` (the kombu ``Connection``, whose URL names
+    the Redis, or the sentinels) once the connection is closed.
 
+    After losing the broker, Celery's consumer collects the connection (kombu sets the
+    transport's ``client`` to None) and then closes it; closing a channel restores its
+    unacknowledged messages through a new pool, which kombu builds from ``client``'s URL.
+    Without it the worker stopped ("Unrecoverable error: AttributeError: 'NoneType' object has
+    no attribute 'hostname'") whenever the broker went away while it held messages; with it the
+    restore fails as a connection error, which Celery rides out, or (after a Sentinel failover)
+    reaches the new master."""
 
-class SentinelChannel(Channel, kombu_redis.SentinelChannel):
-    """This module's channel on kombu's sentinel channel: the master's connections come from
-    the sentinels (kombu's ``_get_pool``), the fetching and recording are this module's."""
-
-
-class SentinelTransport(kombu_redis.SentinelTransport):
-    """kombu's sentinel transport with ``SentinelChannel``, keeping its ``client`` (the kombu
-    ``Connection`` whose URL names the sentinels) once the connection is closed.
-
-    After a failover Celery's consumer collects the lost connection (kombu sets the transport's
-    ``client`` to None) and then closes it, and closing a channel restores its unacknowledged
-    messages through a new pool, which kombu builds from ``client``'s URL: without it the
-    worker stopped ("Unrecoverable error: AttributeError"), and so did acknowledgements on the
-    old channel. With it, they reach the new master the sentinels name."""
-
-    Channel = SentinelChannel
     _kept_client: Any = None
 
     @property
@@ -203,6 +195,21 @@ class SentinelTransport(kombu_redis.SentinelTransport):
     def client(self, value: Any) -> None:
         if value is not None:
             self._kept_client = value
+
+
+class Transport(KeepsItsClient, kombu_redis.Transport):
+    Channel = Channel
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """This module's channel on kombu's sentinel channel: the master's connections come from
+    the sentinels (kombu's ``_get_pool``), the fetching and recording are this module's."""
+
+
+class SentinelTransport(KeepsItsClient, kombu_redis.SentinelTransport):
+    """kombu's sentinel transport with ``SentinelChannel`` (and ``KeepsItsClient``)."""
+
+    Channel = SentinelChannel
 
 
 def transport_for(broker_url: str) -> str:

@@ -8,6 +8,7 @@ process-wide set-up (``clerk_sync.cli.process``) that must come first.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import sys
 from typing import Any
@@ -167,11 +168,23 @@ def worker(ctx: click.Context, concurrency: int | None, beat: bool) -> None:
 
     app = create_celery_app(settings)
     argv = ["worker", f"--loglevel={settings.log_level}", f"--queues={settings.queue_name}"]
+    argv += default_node_name(ctx.args)
     if concurrency is not None:
         argv.append(f"--concurrency={concurrency}")
     if beat:
         argv.append("--beat")
     app.worker_main([*argv, *ctx.args])
+
+
+def default_node_name(celery_options: list[str]) -> list[str]:
+    """``--hostname=clerk-sync@<host>-<pid>`` unless Celery's ``-n``/``--hostname`` is among the
+    options: Celery's own default (``celery@<host>``) is the same for two workers on one host,
+    and Celery then warns of a duplicate node name, while ``inspect``, Flower and remote control
+    see one worker. The process id tells a host's workers apart (and a container's host name
+    its containers); Flower and ``celery inspect`` list each under this name."""
+    if any(option.startswith(("-n", "--hostname")) for option in celery_options):
+        return []
+    return [f"--hostname=clerk-sync@%h-{os.getpid()}"]
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -194,5 +207,6 @@ def sweep() -> None:
     from workers.app import sweep as sweep_ledger
 
     settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level)
     app = create_celery_app(settings)
     click.echo(f"re-published {sweep_ledger(app.clerk_sync_runtime)} event(s)")

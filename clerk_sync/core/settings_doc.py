@@ -56,9 +56,11 @@ in the data directory, where `clerk-sync send-example` finds it).
   folder unless it is set.
 - `docker-compose.yml` reads `POSTGRES_PASSWORD`, `APP_DB_PASSWORD`, `REDIS_PASSWORD` (all
   required), `POSTGRES_USER`, `POSTGRES_DB`, `APP_DB_USER`, `APP_DB_NAME`, `REDIS_MAXMEMORY`,
-  `INGRESS_WORKERS`, `WORKER_CONCURRENCY` and `CLERK_SYNC_IMAGE` to build the services'
-  commands, `DATABASE_URL` (the application's own role) and `CELERY_BROKER_URL`, and sets
-  `CLERK_SYNC_REQUIRE_DURABLE_BROKER=1` ([operations.md](operations.md#running-in-production)).
+  `INGRESS_WORKERS`, `WORKER_CONCURRENCY`, `WORKER_REPLICAS`, `BEAT_REPLICAS` (how many
+  workers and beats: [Several hosts](operations.md#several-hosts)) and `CLERK_SYNC_IMAGE` to
+  build the services' commands, `DATABASE_URL` (the application's own role) and
+  `CELERY_BROKER_URL`, and sets `CLERK_SYNC_REQUIRE_DURABLE_BROKER=1`
+  ([operations.md](operations.md#running-in-production)).
 - The tests read `TEST_POSTGRES_URL` and `TEST_REDIS_URL` ([development.md](development.md)).
 """
 
