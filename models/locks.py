@@ -45,6 +45,8 @@ def entity_key(entity_type: str, entity_id: str) -> str:
 
 
 ROLES_KEY: Final = "roles"
+ROLES_EXCLUSIVE_KEY: Final = "roles:exclusive"
+"""Among the keys ``take_locks`` returns: the roles lock is held exclusively (or is not)."""
 SHARED: Final = "shared"
 EXCLUSIVE: Final = "exclusive"
 """The modes of the roles lock: a membership upsert reads the roles and permissions (shared), a
@@ -134,7 +136,7 @@ def take_locks(
         return set(), set()
     kinds = [sorted(lock_keys(organization_ids, ())), sorted(lock_keys((), user_ids))]
     others = sorted({key for key in entities if "\x00" not in key})
-    roles_key = [ROLES_KEY] if roles is not None else []
+    roles_keys = roles_lock_keys(roles)
     if wait:
         if kinds[0] or kinds[1]:
             connection.execute(LOCK_MANY, {"organization_keys": kinds[0], "user_keys": kinds[1]})
@@ -142,13 +144,34 @@ def take_locks(
             connection.execute(LOCK_MANY, {"organization_keys": others, "user_keys": []})
         if roles is not None:
             lock_roles(connection, roles)
-        return {*kinds[0], *kinds[1], *others, *roles_key}, set()
+        return {*kinds[0], *kinds[1], *others, *roles_keys}, set()
     keys = kinds[0] + kinds[1] + others
     busy = set(connection.execute(TRY_LOCK_MANY, {"keys": keys}).scalars()) if keys else set()
     held = set(keys) - busy
     if roles is not None:
-        (held if try_lock_roles(connection, roles) else busy).add(ROLES_KEY)
+        if try_lock_roles(connection, roles):
+            held |= roles_keys
+        elif roles == EXCLUSIVE and try_lock_roles(connection, SHARED):
+            # Held shared: the membership upserts go ahead, the role writers wait their turn.
+            held.add(ROLES_KEY)
+            busy.add(ROLES_EXCLUSIVE_KEY)
+        else:
+            busy |= roles_keys
     return held, busy
+
+
+def roles_mode_held(keys: Container[str]) -> str | None:
+    """The mode of the roles lock that these held keys stand for, if any."""
+    if ROLES_EXCLUSIVE_KEY in keys:
+        return EXCLUSIVE
+    return SHARED if ROLES_KEY in keys else None
+
+
+def roles_lock_keys(mode: str | None) -> set[str]:
+    """The keys standing for the roles lock in ``mode`` (``take_locks``' held or busy keys)."""
+    if mode is None:
+        return set()
+    return {ROLES_KEY, ROLES_EXCLUSIVE_KEY} if mode == EXCLUSIVE else {ROLES_KEY}
 
 
 _LOCK_ONE = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")

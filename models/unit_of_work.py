@@ -36,7 +36,7 @@ from sqlalchemy import Connection
 
 from models.changes.sources import SOURCE_PARAMETER, run_deletions
 from models.derived import DerivedState
-from models.locks import ROLES_KEY, lock_entity, lock_organization, lock_user, take_locks
+from models.locks import lock_entity, lock_organization, lock_user, roles_mode_held, take_locks
 from models.lookups import (
     Holder,
     find_holder,
@@ -119,8 +119,7 @@ class UnitOfWork(DerivedColumns):
             self.connection, organization_ids, user_ids, wait=wait, entities=entities, roles=roles
         )
         self._held |= held
-        if ROLES_KEY in held:
-            self._derived.roles_mode = roles
+        self._derived.roles_mode = roles_mode_held(held) or self._derived.roles_mode
         return busy
 
     def lock_organization(self, organization_id: str) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Engine, select, update
 
 from clerk_sync.core.settings import Settings
-from models.locks import EXCLUSIVE, ROLES_KEY, SHARED
+from models.locks import EXCLUSIVE, ROLES_KEY, SHARED, lock_roles
 from models.tables import webhook_events
 from tests.factories import (
     body_of,
@@ -30,7 +30,7 @@ from tests.models.organization_history import model_tables
 from tests.models.support import RECEIVED_AT_MS, WORKSPACE_KEY, deliver, synced_tables
 from workers.erasure import erase_requested
 from workers.handlers import Targets
-from workers.processing import describe_event
+from workers.processing import apply_batch, describe_event
 from workers.rebuild import rebuild
 
 ACME = organization_data("org_1")
@@ -132,3 +132,29 @@ def stored_payload(engine: Engine, svix_id: str) -> str:
                 select(webhook_events.c.payload).where(webhook_events.c.svix_id == svix_id)
             ).scalar_one()
         )
+
+
+def test_a_batch_that_cannot_wait_defers_only_what_needs_the_roles_lock_held_elsewhere(
+    pg_engine: Engine,
+) -> None:
+    """Without waiting: another transaction reading roles (shared) holds back only the role
+    writers of a batch, its membership upserts go ahead; one writing roles (exclusive) holds
+    back both."""
+    member = event("organizationMembership.created", membership_data(ACME, user_id="user_1"))
+    role = event("role.created", role_data("role_1"))
+    payloads = {"member": member, "role": role}
+
+    def apply_while_held(mode: str) -> dict[str, str]:
+        events = {
+            name: describe_event(new_svix_id(), body_of(payload), RECEIVED_AT_MS)
+            for name, payload in payloads.items()
+        }
+        with pg_engine.begin() as other:
+            lock_roles(other, mode)
+            results = apply_batch(
+                pg_engine, list(events.values()), WORKSPACE_KEY, wait_for_locks=False
+            )
+        return {name: results[incoming.svix_id].status for name, incoming in events.items()}
+
+    assert apply_while_held(SHARED) == {"member": "applied", "role": "deferred"}
+    assert apply_while_held(EXCLUSIVE) == {"member": "deferred", "role": "deferred"}

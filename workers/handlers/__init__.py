@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from models.locks import ROLES_KEY, lock_keys, stronger
+from models.locks import lock_keys, roles_lock_keys, stronger
 from workers.handlers import (
     domains,
     invitations,
@@ -110,8 +110,8 @@ class Targets:
         self.roles = stronger(self.roles, other.roles)
 
     def lock_keys(self) -> set[str]:
-        roles_key = {ROLES_KEY} if self.roles is not None else set()
-        return lock_keys(self.organizations, self.users) | self.entities | roles_key
+        roles = roles_lock_keys(self.roles)
+        return lock_keys(self.organizations, self.users) | self.entities | roles
 
     def add(self, document: Any) -> None:
         """Add what the handler of this (parsed) payload touches, as its family reads it."""
