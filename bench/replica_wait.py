@@ -5,7 +5,9 @@
 Starts its own ``redis-server`` master and one replica on free loopback ports (the machine's
 Redis is not touched), and times ``Publisher.publish`` (the ingress's accept: the one-round-trip
 script, and with the wait the ``WAIT 1`` in the same round trip) one event after another, with
-the wait off and on, alternating rounds. Prints p50/p99 per request and the ratios on over off.
+the wait off and on, alternating rounds. Prints p50/p99 per request and the ratios on over off;
+then the throughput of ``--threads`` threads publishing at once (as an ingress process's request
+threads do), off and on.
 The replica is on the same machine: over a network, add the round trip to the replica.
 """
 
@@ -16,6 +18,7 @@ import shutil
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -54,10 +57,33 @@ def timings(publisher: Publisher, events: int, prefix: str) -> list[float]:
     return took
 
 
+def throughput(publisher: Publisher, threads: int, seconds: float, prefix: str) -> float:
+    """Accepts per second of ``threads`` threads publishing one event after another."""
+    counts = [0] * threads
+    stop = threading.Event()
+
+    def publish(number: int) -> None:
+        payload = '{"type":"organization.updated","data":{"id":"org_1","name":"Acme"}}'
+        while not stop.is_set():
+            event = QueuedEvent(f"{prefix}-{number}-{counts[number]}", payload, 1, "x")
+            publisher.publish(event)
+            counts[number] += 1
+
+    workers = [threading.Thread(target=publish, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    time.sleep(seconds)
+    stop.set()
+    for worker in workers:
+        worker.join()
+    return sum(counts) / seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=8)
     arguments = parser.parse_args()
     directory = Path(tempfile.mkdtemp(prefix="clerk-sync-bench-wait-"))
     master_port, replica_port = free_port(), free_port()
@@ -98,6 +124,18 @@ def main() -> None:
             f"p50 on/off: {statistics.median(ratios):.2f}x "
             f"[{min(ratios):.2f}-{max(ratios):.2f}] over {arguments.rounds} rounds of "
             f"{arguments.events} sequential accepts"
+        )
+        rates: dict[str, list[float]] = {"off": [], "on": []}
+        for round_number in range(arguments.rounds):
+            for name, publisher in publishers.items():
+                rate = throughput(publisher, arguments.threads, 3.0, f"t{name}{round_number}")
+                rates[name].append(rate)
+            master.flushdb()
+        on_over_off = [on / off for on, off in zip(rates["on"], rates["off"], strict=True)]
+        print(
+            f"{arguments.threads} threads: {statistics.median(rates['off']):,.0f} accepts/s off, "
+            f"{statistics.median(rates['on']):,.0f} on: {statistics.median(on_over_off):.2f}x "
+            f"[{min(on_over_off):.2f}-{max(on_over_off):.2f}]"
         )
     finally:
         for process in processes:
