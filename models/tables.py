@@ -206,15 +206,6 @@ sync_change_positions = Table(
     Column("updated_at", Timestamp, nullable=False),
 )
 
-sync_change_context = Table(
-    "sync_change_context",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("source", String(128)),
-)
-"""SQLite: one row naming the source of the deletions that follow (PostgreSQL uses a setting
-of the transaction instead)."""
-
 webhook_events = Table(
     "webhook_events",
     metadata,

@@ -4,9 +4,11 @@ An inserted or updated row carries its source in its own ``synced_by`` column (t
 puts it in every upserted row, so rows written together keep each event's svix id). A deleted
 row is gone, so its deletion's source is said beforehand: on PostgreSQL, the deletion sets the
 transaction's ``clerk_sync.source`` (``set_config``) in its own ``WHERE`` clause, so a batch of
-deletions sent together still names each one's source; on SQLite, whose writers take turns, a
-one-row table (``sync_change_context``) is updated before each deletion. Rows a deletion takes
-along (``ON DELETE CASCADE``) share its source.
+deletions sent together still names each one's source, and rows it takes along (``ON DELETE
+CASCADE``) share it; on SQLite, which has no such settings, the rows about to be deleted get
+their ``synced_by`` set first (``run_deletions``), and the delete trigger reads the old row's.
+(clerk-sync deletes a deleted organization's or user's memberships itself, before the
+organization or user, so a cascade only runs for deletions by hand.)
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Final
 
-from sqlalchemy import Connection, bindparam, func, text
+from sqlalchemy import Connection, bindparam, func, update
 
 from models.changes.triggers import SOURCE_SETTING
 
@@ -31,34 +33,15 @@ def deletion_source_clause() -> Any:
     ).is_not(None)
 
 
-_SET_CONTEXT: Final = text(
-    "INSERT INTO sync_change_context (id, source) VALUES (1, :p_source) "
-    "ON CONFLICT (id) DO UPDATE SET source = excluded.source"
-)
-"""SQLite: name the source (an upsert: the row may have been deleted with the table's rows)."""
-
-
 def run_deletions(
     connection: Connection, statement: Any, parameters: Sequence[dict[str, Any]]
 ) -> None:
-    """Run a deletion once per parameters (each with its ``p_source``): on PostgreSQL together
-    (the statement sets its own source); on SQLite one by one, after naming its source."""
-    if connection.dialect.name == "postgresql":
-        connection.execute(statement, list(parameters))
-        return
-    named: object = object()
-    for keys in parameters:
-        source = keys.get(SOURCE_PARAMETER)
-        if source != named:
-            connection.execute(_SET_CONTEXT, {SOURCE_PARAMETER: source})
-            named = source
-        connection.execute(statement, keys)
-
-
-def set_deletion_source(connection: Connection, source: str | None) -> None:
-    """Name the source of the deletions that follow in this transaction which do not name
-    their own (a rebuild's or a test's bulk ``DELETE``)."""
-    if connection.dialect.name == "postgresql":
-        connection.execute(func.set_config(SOURCE_SETTING, source or "", True).select())
-    else:
-        connection.execute(_SET_CONTEXT, {SOURCE_PARAMETER: source})
+    """Run a deletion once per parameters (each with its ``p_source``), all sent together. On
+    PostgreSQL the statement sets its own source; on SQLite the rows about to go first get their
+    ``synced_by`` set to it (one ``UPDATE`` with the deletion's ``WHERE``, which records no change:
+    ``synced_by`` is bookkeeping), and the delete trigger reads it from the old row."""
+    keys = list(parameters)
+    if connection.dialect.name != "postgresql":
+        marking = update(statement.table).where(statement.whereclause)
+        connection.execute(marking.values(synced_by=bindparam(SOURCE_PARAMETER)), keys)
+    connection.execute(statement, keys)

@@ -143,9 +143,9 @@ def sqlite_triggers(table: str, columns: Sequence[str], json_columns: Sequence[s
         f"{insert} ('{table}', NEW.id, 'update', "
         f"(SELECT json_group_array(name) FROM ({changed})), {snapshot('NEW')}, NEW.synced_by); "
         "END",
-        f"CREATE TRIGGER clerk_sync_changes_delete_{table} AFTER DELETE ON {table} BEGIN "  # noqa: S608
+        f"CREATE TRIGGER clerk_sync_changes_delete_{table} AFTER DELETE ON {table} BEGIN "
         f"{insert} ('{table}', OLD.id, 'delete', json_array(), {snapshot('OLD')}, "
-        "(SELECT source FROM sync_change_context WHERE id = 1)); END",
+        "OLD.synced_by); END",
     ]
 
 

@@ -1,10 +1,9 @@
 """The change feed: ``sync_changes``, written by triggers on every synced table in the transaction
 of each change (``models.changes``), ``sync_change_positions`` (consumers' positions, the
 Celery fan-out's among them), a ``synced_by`` column on each synced table (the svix id, or
-``reconcile``/``rebuild``, of the write that left the row as it is), and, on SQLite, the one-row
-``sync_change_context`` naming the source of the deletions that follow.
+``reconcile``/``rebuild``, of the write that left the row as it is).
 
-Additive: three new tables, one nullable column per synced table, triggers. The triggers are
+Additive: two new tables, one nullable column per synced table, triggers. The triggers are
 built from the columns the database holds at this revision (``models.changes.triggers``); a
 later migration changing a synced table's columns re-creates that table's SQLite triggers.
 
@@ -78,13 +77,6 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("consumer", name="pk_sync_change_positions"),
     )
-    op.create_table(
-        "sync_change_context",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("source", sa.String(128), nullable=True),
-        sa.PrimaryKeyConstraint("id", name="pk_sync_change_context"),
-    )
-    op.execute("INSERT INTO sync_change_context (id, source) VALUES (1, NULL)")
     for table in FEED_TABLES:
         op.add_column(table, sa.Column("synced_by", sa.String(128), nullable=True))
 
@@ -112,7 +104,6 @@ def downgrade() -> None:
             op.execute(statement)
         with op.batch_alter_table(table) as batch:
             batch.drop_column("synced_by")
-    op.drop_table("sync_change_context")
     op.drop_table("sync_change_positions")
     op.drop_index("ix_sync_changes_changed_at", table_name="sync_changes")
     op.drop_table("sync_changes")
