@@ -1,9 +1,11 @@
 """Reconciliation with Clerk's Backend API: heal what webhooks missed.
 
-A run lists every organization, membership and user from Clerk, applies them with the webhooks'
-mutation rules, and deletes what Clerk no longer has, behind guards (``reconciler``). Its
-progress goes to a journal it resumes from (``journal``); Clerk is read rate-limited and retried
-(``clerk_api``). This module holds the entry points: the command's and beat's.
+A run lists every permission, role, organization, user, membership, invitation and domain from
+Clerk (``phases``), reading pages ahead (``prefetch``) and writing each page in one transaction
+with the webhooks' mutation rules (``pages``), repairing content drift; then it deletes what
+Clerk no longer has, behind guards (``reconciler``, ``checks``). Its progress goes to a journal
+it resumes from (``journal``, ``seen``); Clerk is read rate-limited and retried (``clerk_api``).
+This module holds the entry points: the command's and beat's.
 """
 
 from __future__ import annotations
