@@ -184,3 +184,17 @@ def test_the_gauges_show_the_newest_change_the_rows_kept_and_what_is_not_sent(
     assert samples[("clerk_sync_changes_newest_id", plain)] == newest
     assert samples[("clerk_sync_changes_rows", plain)] == 3
     assert samples[("clerk_sync_changes_not_fanned_out", plain)] == 3
+
+
+def test_beat_runs_the_fan_out_and_the_retention_only_when_asked(settings: Settings) -> None:
+    from workers.app import celery_configuration, create_celery_app
+    from workers.change_fanout import FANOUT_TASK, PURGE_CHANGES_TASK
+
+    assert not {"fan-out-changes", "purge-changes"} & set(
+        celery_configuration(settings)["beat_schedule"]
+    )
+    asked = settings.with_overrides(changes_task="application.on_change", changes_retention_days=30)
+    schedule = celery_configuration(asked)["beat_schedule"]
+    assert schedule["fan-out-changes"]["task"] == FANOUT_TASK
+    assert schedule["purge-changes"]["task"] == PURGE_CHANGES_TASK
+    assert {FANOUT_TASK, PURGE_CHANGES_TASK} <= set(create_celery_app(asked).tasks)
