@@ -23,7 +23,7 @@ from bench.procs import (
 )
 from bench.services import Database, Services, clerk_sync_env
 from clerk_sync.broker.publisher import Publisher
-from clerk_sync.core.queue import LEDGER_DUE_KEY, QueuedEvent
+from clerk_sync.core.queue import LEDGER_DUE_KEY, BrokerUnavailableError, QueuedEvent
 from clerk_sync.core.settings import Settings
 
 WORKER_START_TIMEOUT = 90.0
@@ -50,9 +50,18 @@ def prefill(services: Services, queue: str, events: Sequence[Event]) -> float:
     def publish(positions: range) -> None:
         for position in positions:
             item = events[position]
-            publisher.publish(
-                QueuedEvent(item.svix_id, item.body, received_at_ms + position // 1000)
-            )
+            event = QueuedEvent(item.svix_id, item.body, received_at_ms + position // 1000)
+            for attempt in range(PREFILL_ATTEMPTS):
+                try:
+                    publisher.publish(event)
+                    break
+                except BrokerUnavailableError:
+                    # What the ingress answers 503 (RabbitMQ nacks the first publishes to a
+                    # quorum queue whose leader is still being elected): sent again, as Svix
+                    # would.
+                    if attempt == PREFILL_ATTEMPTS - 1:
+                        raise
+                    time.sleep(0.2)
 
     if not services.amqp_url:
         publish(range(len(events)))
@@ -63,6 +72,7 @@ def prefill(services: Services, queue: str, events: Sequence[Event]) -> float:
 
 
 PREFILL_THREADS = 8
+PREFILL_ATTEMPTS = 5
 
 
 def _chunks(length: int, size: int) -> list[range]:
