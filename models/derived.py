@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, null, or_, select, update
+from sqlalchemy import Connection, Text, any_, bindparam, cast, func, null, or_, select, update
+from sqlalchemy.dialects import postgresql
 
 from models.statements import cached_statement
 from models.tables import (
@@ -149,11 +150,18 @@ def profiles_of(
         chunk = wanted[start : start + 500]
         statement = cached_statement(connection, "derived:profiles", _build_profiles)
         for row in connection.execute(statement, {"p_ids": chunk}):
-            found[row.id] = ((row.updated_at,), profile_of_values(dict(row._mapping)))
+            profile = Profile(
+                row.primary_email_address,
+                row.username,
+                row.first_name,
+                row.last_name,
+                row.image_url,
+            )
+            found[row.id] = ((row.updated_at,), profile)
     return found
 
 
-def _build_profiles(_connection: Connection) -> Any:
+def _build_profiles(connection: Connection) -> Any:
     u = users.c
     return select(
         u.id,
@@ -163,7 +171,15 @@ def _build_profiles(_connection: Connection) -> Any:
         u.first_name,
         u.last_name,
         u.image_url,
-    ).where(u.id.in_(bindparam("p_ids", expanding=True)))
+    ).where(_among(connection, u.id))
+
+
+def _among(connection: Connection, column: Any) -> Any:
+    """``column`` among the ids ``:p_ids``: on PostgreSQL ``= ANY`` of one array parameter (one
+    statement text whatever the count, so it is prepared once), elsewhere an expanding ``IN``."""
+    if connection.dialect.name == "postgresql":
+        return column == any_(cast(bindparam("p_ids"), postgresql.ARRAY(Text())))
+    return column.in_(bindparam("p_ids", expanding=True))
 
 
 def refresh_permissions(
@@ -214,14 +230,14 @@ def refresh_profiles(connection: Connection, user_ids: Sequence[str], source: st
         connection.execute(statement, {"p_ids": wanted[start : start + 500], **stamp})
 
 
-def _build_refresh_profiles(_connection: Connection) -> Any:
+def _build_refresh_profiles(connection: Connection) -> Any:
     m, u = organization_memberships.c, users.c
     identifier = func.coalesce(u.primary_email_address, u.username, m.listed_identifier)
     return (
         update(organization_memberships)
         .where(
             m.user_id == u.id,
-            u.id.in_(bindparam("p_ids", expanding=True)),
+            _among(connection, u.id),
             or_(
                 m.identifier.is_distinct_from(identifier),
                 m.first_name.is_distinct_from(u.first_name),
@@ -262,11 +278,18 @@ class DerivedState:
         self.roles_mode: str | None = None
         self.role_keys: set[str] = set()
         self.user_ids: set[str] = set()
+        self.same_profiles: set[str] = set()
+        """Users written with the profile their stored row had: their memberships hold it."""
 
     def written(self, table: str, values: dict[str, Any]) -> None:
         """A row was written (or queued) with these values."""
         if table == users.name and self.profiles is not None and values["id"] in self.profiles:
-            self.profiles[values["id"]] = profile_of_values(values)
+            before, after = self.profiles[values["id"]], profile_of_values(values)
+            self.profiles[values["id"]] = after
+            if before is not None and before == after:
+                self.same_profiles.add(values["id"])
+            else:
+                self.same_profiles.discard(values["id"])
         elif self.book is not None and table in _ROLE_TABLES:
             self.book.note(table, values)
 
@@ -282,6 +305,7 @@ class DerivedState:
         self.profiles = None
         self.role_keys.clear()
         self.user_ids.clear()
+        self.same_profiles.clear()
 
 
 _ROLE_TABLES = (organization_roles.name, organization_permissions.name)

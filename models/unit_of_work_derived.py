@@ -18,7 +18,7 @@ from models.derived import (
     refresh_permissions,
     refresh_profiles,
 )
-from models.locks import lock_roles
+from models.locks import EXCLUSIVE, lock_roles
 from models.tables import (
     organization_memberships,
     organization_permissions,
@@ -45,8 +45,8 @@ class DerivedColumns:
 
     def lock_roles(self, mode: str) -> None:
         """The roles lock (``models.locks.lock_roles``), once per transaction and mode."""
-        if not self._alone:
-            derived = self._derived
+        derived = self._derived
+        if not self._alone and derived.roles_mode not in (mode, EXCLUSIVE):
             derived.roles_mode = lock_roles(self.connection, mode, derived.roles_mode)
 
     def read_profiles(self, user_ids: Sequence[str]) -> None:
@@ -86,6 +86,8 @@ class DerivedColumns:
     def refresh_profiles(self, user_id: str) -> None:
         """Recompute the profile columns of the user's memberships from its ``users`` row: now,
         or, while writing together, once the queued rows are written."""
+        if user_id in self._derived.same_profiles:
+            return  # its stored row said the same: its memberships hold it already
         self._derived.user_ids.add(user_id)
         if self._queue is None:
             self._refresh()

@@ -108,6 +108,16 @@ def upgrade() -> None:
         "UPDATE organization_memberships "
         "SET listed_permissions = permissions, listed_identifier = identifier"
     )
+    # From now on a member's users row gives the profile columns (models.derived); no role is
+    # stored yet, so permissions stay what was listed.
+    op.execute(
+        "UPDATE organization_memberships SET "
+        "identifier = COALESCE(users.primary_email_address, users.username, "
+        "organization_memberships.listed_identifier), "
+        "first_name = users.first_name, last_name = users.last_name, "
+        "image_url = users.image_url "
+        "FROM users WHERE users.id = organization_memberships.user_id"
+    )
 
 
 def downgrade() -> None:
