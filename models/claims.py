@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, and_, insert, select
 
 from models.conflicts import record_conflict
+from models.event_ids import claim_ids, event_with_id, insert_event
 from models.events import (
     APPLIED,
     CONFLICT,
@@ -21,8 +22,14 @@ from models.events import (
     IncomingEvent,
     finish_event,
 )
-from models.statements import cached_statement, insert_for
-from models.tables import webhook_events
+from models.statements import cached_statement
+from models.tables import webhook_event_ids, webhook_events
+
+KNOWN_ID: Final = and_(
+    webhook_event_ids.c.svix_id == webhook_events.c.svix_id,
+    webhook_event_ids.c.received_at == webhook_events.c.received_at,
+)
+"""An inbox row and its id row: the join that reads a row by svix id in its one partition."""
 
 
 def claim_event(connection: Connection, event: IncomingEvent) -> str:
@@ -31,14 +38,10 @@ def claim_event(connection: Connection, event: IncomingEvent) -> str:
     The row lock makes two workers holding copies of one event take turns, so the second sees
     the first one's outcome and does not apply the event again.
     """
-    connection.execute(
-        insert_for(connection, webhook_events)
-        .values(**event.row(), status=RECEIVED, attempts=0)
-        .on_conflict_do_nothing(index_elements=[webhook_events.c.svix_id])
-    )
+    insert_event(connection, {**event.row(), "status": RECEIVED, "attempts": 0})
     row = connection.execute(
         select(webhook_events.c.status, webhook_events.c.payload_hash)
-        .where(webhook_events.c.svix_id == event.svix_id)
+        .where(event_with_id(event.svix_id))
         .with_for_update()
     ).one()
     if _conflicts(event, row.payload_hash):
@@ -89,9 +92,10 @@ def claim_events(connection: Connection, events: Sequence[IncomingEvent]) -> Cla
     for start in range(0, len(existing), CLAIM_CHUNK):
         rows = connection.execute(
             select(webhook_events.c.svix_id, webhook_events.c.status, webhook_events.c.payload_hash)
-            .where(webhook_events.c.svix_id.in_(existing[start : start + CLAIM_CHUNK]))
+            .select_from(webhook_events.join(webhook_event_ids, KNOWN_ID))
+            .where(webhook_event_ids.c.svix_id.in_(existing[start : start + CLAIM_CHUNK]))
             .order_by(webhook_events.c.svix_id)
-            .with_for_update()
+            .with_for_update(of=webhook_events)
         )
         for row in rows:
             svix_id = str(row.svix_id)
@@ -141,25 +145,29 @@ def give_up(connection: Connection, event: IncomingEvent, reason: str) -> bool:
 
 
 CLAIM_UNNEST: Final = (
+    "WITH incoming AS (SELECT * FROM unnest(CAST(%(svix_ids)b AS text[]), "
+    "CAST(%(event_types)b AS text[]), CAST(%(payloads)b AS text[]), "
+    "CAST(%(event_timestamps)b AS bigint[]), CAST(%(received_ats)b AS timestamptz[]), "
+    "CAST(%(organization_ids)b AS text[]), CAST(%(user_ids)b AS text[]), "
+    "CAST(%(payload_hashes)b AS text[])) "
+    "AS incoming(svix_id, event_type, payload, event_timestamp, received_at, organization_id, "
+    "user_id, payload_hash)), "
+    "claimed AS (INSERT INTO webhook_event_ids (svix_id, received_at) "
+    "SELECT svix_id, received_at FROM incoming ORDER BY svix_id "
+    "ON CONFLICT (svix_id) DO NOTHING RETURNING svix_id) "
     "INSERT INTO webhook_events (svix_id, event_type, status, attempts, payload, "
     "event_timestamp, received_at, processed_at, organization_id, user_id, payload_hash) "
     "SELECT svix_id, event_type, %(status)b, CAST(%(attempts)b AS integer), payload, "
     "event_timestamp, received_at, CAST(%(processed_at)b AS timestamptz), organization_id, "
     "user_id, payload_hash "
-    "FROM unnest(CAST(%(svix_ids)b AS text[]), CAST(%(event_types)b AS text[]), "
-    "CAST(%(payloads)b AS text[]), CAST(%(event_timestamps)b AS bigint[]), "
-    "CAST(%(received_ats)b AS timestamptz[]), CAST(%(organization_ids)b AS text[]), "
-    "CAST(%(user_ids)b AS text[]), CAST(%(payload_hashes)b AS text[])) "
-    "AS incoming(svix_id, event_type, payload, event_timestamp, received_at, organization_id, "
-    "user_id, payload_hash) "
-    "ORDER BY svix_id "
-    "ON CONFLICT (svix_id) DO NOTHING RETURNING svix_id"
+    "FROM incoming JOIN claimed USING (svix_id) ORDER BY svix_id RETURNING svix_id"
 )
 """PostgreSQL: the rows as one array per column, so the statement's text is the same for every
 batch (parsed and planned once per connection, where a multi-row VALUES list is new text, to
 convert and plan, for every batch size). The arrays go in psycopg's binary format (``%b``):
 in text format every payload would be quoted and escaped character by character, which cost
-more than the rest of the claim."""
+more than the rest of the claim. The ids are claimed first (``models.event_ids``), in svix-id
+order, and only the claimed ones inserted into the (partitioned) inbox, in one statement."""
 
 
 def _insert_new(connection: Connection, events: Sequence[IncomingEvent]) -> list[str]:
@@ -186,23 +194,23 @@ def _insert_new(connection: Connection, events: Sequence[IncomingEvent]) -> list
             },
         )
         return [str(svix_id) for svix_id in inserted.scalars()]
-    # One INSERT ... VALUES (...), (...) RETURNING statement ("insertmanyvalues").
-    inserted = connection.execute(
-        cached_statement(connection, "claim_events", _insert_new_statement),
-        [
-            {**event.row(), "status": APPLIED, "attempts": 1, "processed_at": processed_at}
-            for event in events
-        ],
-    )
-    return [str(svix_id) for svix_id in inserted.scalars()]
+    # The ids claimed, then the claimed rows inserted: one INSERT ... VALUES (...), (...) each
+    # ("insertmanyvalues").
+    rows = [
+        {**event.row(), "status": APPLIED, "attempts": 1, "processed_at": processed_at}
+        for event in events
+    ]
+    claimed = claim_ids(connection, rows)
+    new_rows = [row for row in rows if row["svix_id"] in claimed]
+    if new_rows:
+        connection.execute(
+            cached_statement(connection, "claim_events", _insert_new_statement), new_rows
+        )
+    return [str(row["svix_id"]) for row in new_rows]
 
 
-def _insert_new_statement(connection: Connection) -> Any:
-    return (
-        insert_for(connection, webhook_events)
-        .on_conflict_do_nothing(index_elements=[webhook_events.c.svix_id])
-        .returning(webhook_events.c.svix_id)
-    )
+def _insert_new_statement(_connection: Connection) -> Any:
+    return insert(webhook_events)
 
 
 def _svix_id(event: IncomingEvent) -> str:

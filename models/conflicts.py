@@ -11,8 +11,7 @@ from typing import Final
 
 from sqlalchemy import Connection
 
-from models.statements import insert_for
-from models.tables import webhook_events
+from models.event_ids import insert_event
 
 log = logging.getLogger("clerk_sync.models")
 
@@ -53,9 +52,9 @@ def record_conflict(
         f"conflict: svix id {svix_id!r} was first received with {first}; this body "
         f"(sha256 {body_hash}) was not applied"
     )
-    inserted = connection.execute(
-        insert_for(connection, webhook_events)
-        .values(
+    inserted = insert_event(
+        connection,
+        dict(
             svix_id=recorded_as,
             event_type=event_type,
             status=CONFLICT_STATUS,
@@ -69,9 +68,8 @@ def record_conflict(
             user_id=user_id,
             payload_hash=body_hash,
             conflict_of=svix_id,
-        )
-        .on_conflict_do_nothing(index_elements=[webhook_events.c.svix_id])
-    ).rowcount
+        ),
+    )
     log.error(
         "svix id reused with a different body; the first is kept",
         extra={

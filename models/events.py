@@ -13,8 +13,9 @@ from typing import Any, Final
 from sqlalchemy import Connection, bindparam, select, update
 
 from models.conflicts import CONFLICT_STATUS
+from models.event_ids import event_with_id, insert_event
 from models.payload_hash import payload_hash
-from models.statements import cached_statement, insert_for
+from models.statements import cached_statement
 from models.tables import webhook_events
 
 
@@ -119,10 +120,13 @@ FINISH_UNNEST: Final = (
     "CAST(%(errors)b AS text[]), CAST(%(addeds)b AS integer[]), "
     "CAST(%(processed_ats)b AS timestamptz[])) "
     "AS outcome(svix_id, status, error, added, processed_at) "
-    "WHERE webhook_events.svix_id = outcome.svix_id"
+    "JOIN webhook_event_ids AS known ON known.svix_id = outcome.svix_id "
+    "WHERE webhook_events.svix_id = outcome.svix_id "
+    "AND webhook_events.received_at = known.received_at"
 )
 """PostgreSQL: a batch's outcomes in one statement joined to arrays (as ``CLAIM_UNNEST``), where
-an UPDATE executed for each outcome cost the database a statement per event."""
+an UPDATE executed for each outcome cost the database a statement per event. Each row's
+``received_at`` comes from ``webhook_event_ids``, so each is looked up in its one partition."""
 
 
 def finish_events(
@@ -178,7 +182,7 @@ def _finish(_connection: Connection) -> Any:
     columns = webhook_events.c
     return (
         update(webhook_events)
-        .where(webhook_events.c.svix_id == bindparam("outcome_svix_id"))
+        .where(event_with_id(bindparam("outcome_svix_id", type_=columns.svix_id.type)))
         .values(
             status=bindparam("outcome_status", type_=columns.status.type),
             attempts=columns.attempts + bindparam("outcome_attempts", type_=columns.attempts.type),
@@ -199,7 +203,7 @@ def finish_event(
     """Set the outcome in the same transaction as the mutation it describes."""
     connection.execute(
         update(webhook_events)
-        .where(webhook_events.c.svix_id == svix_id)
+        .where(event_with_id(svix_id))
         .values(
             status=status,
             attempts=webhook_events.c.attempts + attempts,
@@ -213,22 +217,18 @@ def note_failed_attempt(
     connection: Connection, event: IncomingEvent, *, attempts: int, error: str
 ) -> None:
     """Make a transient failure visible (status stays ``received``) while retries continue."""
-    statement = insert_for(connection, webhook_events).values(
-        **event.row(), status=RECEIVED, attempts=attempts, last_error=error
+    row = {**event.row(), "status": RECEIVED, "attempts": attempts, "last_error": error}
+    if insert_event(connection, row):
+        return
+    connection.execute(
+        update(webhook_events)
+        .where(event_with_id(event.svix_id), webhook_events.c.status.not_in(FINISHED))
+        .values(attempts=webhook_events.c.attempts + attempts, last_error=error)
     )
-    statement = statement.on_conflict_do_update(
-        index_elements=[webhook_events.c.svix_id],
-        set_={
-            "attempts": webhook_events.c.attempts + attempts,
-            "last_error": statement.excluded.last_error,
-        },
-        where=webhook_events.c.status.not_in(FINISHED),
-    )
-    connection.execute(statement)
 
 
 def event_status(connection: Connection, svix_id: str) -> str | None:
     status = connection.execute(
-        select(webhook_events.c.status).where(webhook_events.c.svix_id == svix_id)
+        select(webhook_events.c.status).where(event_with_id(svix_id))
     ).scalar_one_or_none()
     return None if status is None else str(status)

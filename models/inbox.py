@@ -21,6 +21,7 @@ from sqlalchemy import (
     and_,
     delete,
     func,
+    not_,
     or_,
     select,
     tuple_,
@@ -28,8 +29,16 @@ from sqlalchemy import (
 )
 
 from models.database import transaction
+from models.event_ids import event_with_id
 from models.events import APPLIED, CONFLICT, DEAD, RECEIVED, SKIPPED
-from models.tables import organization_memberships, organizations, tombstones, webhook_events
+from models.partitions import drop_partition, droppable, is_partitioned
+from models.tables import (
+    organization_memberships,
+    organizations,
+    tombstones,
+    webhook_event_ids,
+    webhook_events,
+)
 from models.tombstones import ORGANIZATION, ORGANIZATION_MEMBERSHIP
 
 STATUSES: Final = (RECEIVED, APPLIED, SKIPPED, DEAD, CONFLICT)
@@ -184,9 +193,7 @@ def list_events(
 
 
 def get_event(connection: Connection, svix_id: str) -> StoredEvent | None:
-    row = connection.execute(
-        select(webhook_events).where(webhook_events.c.svix_id == svix_id)
-    ).one_or_none()
+    row = connection.execute(select(webhook_events).where(event_with_id(svix_id))).one_or_none()
     return None if row is None else StoredEvent.from_row(row)
 
 
@@ -225,7 +232,7 @@ def mark_replayed(connection: Connection, svix_id: str, at: datetime) -> None:
     ``last_error`` stays until the worker records the new outcome."""
     connection.execute(
         update(webhook_events)
-        .where(webhook_events.c.svix_id == svix_id)
+        .where(event_with_id(svix_id))
         .values(
             status=RECEIVED,
             processed_at=None,
@@ -263,21 +270,37 @@ def purge_events(
     *,
     batch_size: int = PURGE_BATCH,
 ) -> int:
-    """Delete matching events in batches, one short transaction each; returns how many."""
+    """Delete matching events, with their ids; returns how many. On PostgreSQL each month wholly
+    before ``cutoff`` that holds nothing else is dropped first, a transaction each
+    (``models.partitions``); the rest go in batches, one short transaction each."""
     purged = 0
+    condition = _purge_condition(cutoff, statuses)
+    with transaction(engine) as connection:
+        months = (
+            droppable(connection, as_utc(cutoff) or cutoff, not_(condition))
+            if is_partitioned(connection)
+            else []
+        )
+    for month in months:
+        with transaction(engine) as connection:
+            purged += drop_partition(connection, month)
+    events = webhook_events.c
     while True:
         with transaction(engine) as connection:
-            batch = (
-                select(webhook_events.c.svix_id)
-                .where(_purge_condition(cutoff, statuses))
-                .limit(batch_size)
-                .scalar_subquery()
+            batch = select(events.svix_id, events.received_at).where(condition).limit(batch_size)
+            deleted = list(
+                connection.execute(
+                    delete(webhook_events)
+                    .where(tuple_(events.svix_id, events.received_at).in_(batch))
+                    .returning(events.svix_id)
+                ).scalars()
             )
-            deleted = connection.execute(
-                delete(webhook_events).where(webhook_events.c.svix_id.in_(batch))
-            ).rowcount
-        purged += deleted
-        if deleted < batch_size:
+            if deleted:
+                connection.execute(
+                    delete(webhook_event_ids).where(webhook_event_ids.c.svix_id.in_(deleted))
+                )
+        purged += len(deleted)
+        if len(deleted) < batch_size:
             return purged
 
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Connection, bindparam, delete, func, select, update
 
+from models.event_ids import event_with_id
 from models.statements import insert_for
 from models.tables import erasure_requests, webhook_events
 
@@ -27,7 +28,7 @@ def payloads_about(
 
 _REWRITE = (
     update(webhook_events)
-    .where(webhook_events.c.svix_id == bindparam("p_svix_id"))
+    .where(event_with_id(bindparam("p_svix_id", type_=webhook_events.c.svix_id.type)))
     .values(payload=bindparam("p_payload"))
 )
 

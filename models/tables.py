@@ -230,3 +230,18 @@ webhook_events = Table(
     Index("ix_webhook_events_event_type", "event_type"),
     Index("ix_webhook_events_event_timestamp", "event_timestamp"),
 )
+"""The inbox: one row per event (``svix_id`` unique through ``webhook_event_ids``). On PostgreSQL
+partitioned by month of ``received_at`` (migration 0009, ``models.partitions``): its key there is
+``(svix_id, received_at)``, as a partitioned table's key must hold the partition key; SQLite keeps
+one table keyed by ``svix_id``."""
+
+webhook_event_ids = Table(
+    "webhook_event_ids",
+    metadata,
+    Column("svix_id", String(128), primary_key=True),
+    Column("received_at", Timestamp, nullable=False),
+    Index("ix_webhook_event_ids_received_at", "received_at"),
+)
+"""Each svix id of ``webhook_events`` once, with its row's ``received_at``: claiming an id here
+first is what dedupes events (the partitioned table cannot have a unique ``svix_id``), and its
+``received_at`` takes a lookup by svix id to one partition."""

@@ -38,6 +38,7 @@ from workers.batches import batching_options, pool_optimization, prefetch_multip
 from workers.change_fanout import after_commit, change_feed_schedule, register_change_tasks
 from workers.dead_letters import DeadLetterError, dead_letter_exception_text
 from workers.erasure import ERASE_TASK, erase_requested
+from workers.partitioning import PARTITIONS_TASK, create_partitions_ahead, partitions_schedule
 from workers.processing import (
     apply_with_short_retries,
     dead_letter,
@@ -81,6 +82,7 @@ def celery_configuration(settings: Settings) -> dict[str, Any]:
                 "schedule": timedelta(seconds=settings.ledger_sweep_interval_seconds),
             },
             **purge_schedule(settings),
+            **partitions_schedule(),
             **reconcile_schedule(settings),
             **change_feed_schedule(settings),
         },
@@ -213,6 +215,10 @@ def create_celery_app(settings: Settings) -> Celery:
     @app.task(name=PURGE_EVENTS_TASK, ignore_result=True, shared=False)
     def purge_old_events() -> int:
         return purge(runtime)
+
+    @app.task(name=PARTITIONS_TASK, ignore_result=True, shared=False)
+    def create_partitions() -> list[str]:
+        return create_partitions_ahead(runtime.engine)
 
     @app.task(name=RECONCILE_TASK, ignore_result=True, acks_late=False, shared=False)
     def reconcile_with_clerk() -> dict[str, Any] | None:

@@ -1,4 +1,4 @@
-"""``clerk-sync events list|show|replay|purge``: the stored webhook events (the inbox).
+"""``clerk-sync events list|show|replay|purge|partitions``: the stored webhook events (the inbox).
 
 The queries live in ``models.inbox`` and the replay in ``workers.replay`` (imported when
 needed: the command line starts without Celery); this module parses options and prints.
@@ -20,6 +20,7 @@ from clerk_sync.core.settings import SettingsError
 from models.database import transaction
 from models.events import DEAD
 from models.inbox import PURGEABLE, count_purgeable, get_event, list_events, purge_events
+from models.partitions import MONTHS_AHEAD, ensure_partitions, is_partitioned, partitions
 from models.redaction import count_about
 
 LIST_LIMIT: Final = 50
@@ -221,8 +222,10 @@ def purge_command(older_than: timedelta, include_dead: bool, dry_run: bool, yes:
     """Delete old applied and skipped events from the inbox.
 
     Dead letters stay unless --include-dead; events still being processed are never deleted;
-    events replayed within the period are kept. A purged event is gone from the log that
-    ``rebuild`` re-applies: keep events as long as you may want to rebuild from them.
+    events replayed within the period are kept. On PostgreSQL a month wholly older than the
+    cutoff holding nothing else is dropped as a partition; the rest is deleted row by row.
+    A purged event is gone from the log that ``rebuild`` re-applies: keep events as long as
+    you may want to rebuild from them.
     """
     statuses = (*PURGEABLE, DEAD) if include_dead else PURGEABLE
     cutoff = datetime.now(UTC) - older_than
@@ -241,6 +244,34 @@ def purge_command(older_than: timedelta, include_dead: bool, dry_run: bool, yes:
             )
         purged = purge_events(engine, cutoff, statuses)
     click.echo(f"Purged {purged} {described}")
+
+
+@events.command("partitions")
+@click.option(
+    "--months-ahead",
+    type=click.IntRange(min=0, max=24),
+    default=MONTHS_AHEAD,
+    show_default=True,
+    help="Create the partitions of the current month and this many after it.",
+)
+def partitions_command(months_ahead: int) -> None:
+    """Create the inbox's monthly partitions ahead of time and list them (PostgreSQL).
+
+    Beat does this every few hours; running it again creates nothing twice. On SQLite the
+    inbox is one table and there is nothing to do.
+    """
+    settings = load_settings()
+    with database(settings) as engine, transaction(engine) as connection:
+        if not is_partitioned(connection):
+            click.echo("The inbox is not partitioned (SQLite, or before migration 0009).")
+            return
+        created = ensure_partitions(connection, datetime.now(UTC), months_ahead)
+        found = partitions(connection)
+    for name in created:
+        click.echo(f"created {name}")
+    for partition in found:
+        click.echo(f"{partition.name}  {iso(partition.start)} .. {iso(partition.end)}")
+    click.echo(f"({len(found)} monthly partitions, and the default one)")
 
 
 @events.command("redact")
