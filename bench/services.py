@@ -132,13 +132,13 @@ class Database:
         """Remove every row clerk-sync wrote (the schema stays)."""
         with self.connect() as connection:
             connection.execute(
-                "TRUNCATE webhook_events, organization_memberships, organizations, users, "
-                "tombstones"
+                "TRUNCATE webhook_events, webhook_event_ids, organization_memberships, "
+                "organizations, users, tombstones"
             )
 
     def empty_inbox(self) -> None:
         with self.connect() as connection:
-            connection.execute("TRUNCATE webhook_events")
+            connection.execute("TRUNCATE webhook_events, webhook_event_ids")
 
     def count_finished(self, connection: psycopg.Connection[tuple[object, ...]]) -> int:
         row = connection.execute(

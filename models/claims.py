@@ -12,7 +12,7 @@ from typing import Any, Final
 from sqlalchemy import Connection, and_, insert, select
 
 from models.conflicts import record_conflict
-from models.event_ids import claim_ids, event_with_id, insert_event
+from models.event_ids import claim_ids, event_with_id, forget_orphans, insert_event
 from models.events import (
     APPLIED,
     CONFLICT,
@@ -38,12 +38,18 @@ def claim_event(connection: Connection, event: IncomingEvent) -> str:
     The row lock makes two workers holding copies of one event take turns, so the second sees
     the first one's outcome and does not apply the event again.
     """
-    insert_event(connection, {**event.row(), "status": RECEIVED, "attempts": 0})
-    row = connection.execute(
+    values = {**event.row(), "status": RECEIVED, "attempts": 0}
+    locked = (
         select(webhook_events.c.status, webhook_events.c.payload_hash)
         .where(event_with_id(event.svix_id))
         .with_for_update()
-    ).one()
+    )
+    if not insert_event(connection, values):
+        row = connection.execute(locked).one_or_none()
+        if row is None:
+            forget_orphans(connection, [event.svix_id])
+            insert_event(connection, values)
+    row = connection.execute(locked).one()
     if _conflicts(event, row.payload_hash):
         record_conflict_of(connection, event, row.payload_hash)
         return CONFLICT
@@ -104,6 +110,12 @@ def claim_events(connection: Connection, events: Sequence[IncomingEvent]) -> Cla
                 statuses[svix_id] = CONFLICT
             else:
                 statuses[svix_id] = str(row.status)
+    orphans = [svix_id for svix_id in existing if svix_id not in statuses]
+    if orphans:
+        forget_orphans(connection, orphans)
+        reclaimed = _insert_new(connection, [by_id[svix_id] for svix_id in orphans])
+        statuses.update(dict.fromkeys(reclaimed, RECEIVED))
+        presumed = presumed | frozenset(reclaimed)
     for event, first_hash in conflicts:
         record_conflict_of(connection, event, first_hash)
     return Claims(statuses, presumed)

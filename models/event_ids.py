@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, insert, select
+from sqlalchemy import ColumnElement, Connection, and_, delete, exists, insert, select
 
 from models.statements import insert_for
 from models.tables import webhook_event_ids, webhook_events
@@ -62,3 +62,18 @@ def claim_ids(connection: Connection, rows: list[dict[str, Any]]) -> set[str]:
         [{"svix_id": row["svix_id"], "received_at": row["received_at"]} for row in rows],
     )
     return {str(svix_id) for svix_id in inserted.scalars()}
+
+
+def forget_orphans(connection: Connection, svix_ids: list[str]) -> None:
+    """Delete the id rows among ``svix_ids`` whose event row is gone: deleted from
+    ``webhook_events`` by hand rather than by ``purge``. The event is then new again, as it was
+    before the id table, instead of a copy of an event that no longer exists."""
+    connection.execute(
+        delete(webhook_event_ids).where(
+            webhook_event_ids.c.svix_id.in_(svix_ids),
+            ~exists().where(
+                webhook_events.c.svix_id == webhook_event_ids.c.svix_id,
+                webhook_events.c.received_at == webhook_event_ids.c.received_at,
+            ),
+        )
+    )

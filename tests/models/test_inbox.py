@@ -13,7 +13,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from models.claims import claim_events
 from models.database import is_transient
 from models.events import APPLIED, Outcome, finish_events
-from models.tables import organizations
+from models.tables import organizations, webhook_events
 from tests.factories import (
     BASE_TIME_MS,
     body_of,
@@ -380,3 +380,24 @@ def test_a_connection_lost_while_a_batch_claims_or_finishes_is_a_transient_error
             steps[step](connection)
     assert raised.value.connection_invalidated
     assert is_transient(raised.value)
+
+
+def test_an_event_whose_row_was_deleted_by_hand_is_new_again(engine: Engine) -> None:
+    """An inbox row deleted directly (not by ``purge``, which deletes its id too) leaves its id in
+    ``webhook_event_ids``: a copy is then applied as a new event, alone or in a batch."""
+    alone, batched = new_svix_id(), new_svix_id()
+    body = body_of(event("organization.created", organization_data("org_1")))
+    for svix_id in (alone, batched):
+        assert deliver(engine, body, svix_id=svix_id) == "applied"
+    with engine.begin() as connection:
+        connection.execute(delete(webhook_events))
+        connection.execute(delete(organizations))
+
+    assert deliver(engine, body, svix_id=alone) == "applied"
+    assert [org["id"] for org in organization_rows(engine)] == ["org_1"]
+    with engine.begin() as connection:
+        claims = claim_events(connection, [describe_event(batched, body, RECEIVED_AT_MS)])
+    assert claims.statuses == {batched: "received"}
+    assert claims.presumed == {batched}
+    for svix_id in (alone, batched):
+        assert inbox_row(engine, svix_id) is not None
