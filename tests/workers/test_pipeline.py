@@ -63,7 +63,11 @@ def post_event(url: str, secret: str, payload: dict[str, Any], svix_id: str) -> 
 def rows(engine: Engine, table: Any) -> list[dict[str, Any]]:
     with engine.connect() as connection:
         return [
-            {key: value for key, value in row._mapping.items() if key != "synced_at"}
+            {
+                key: value
+                for key, value in row._mapping.items()
+                if key not in ("synced_at", "synced_by")
+            }
             for row in connection.execute(select(table).order_by(table.c[0].name))
         ]
 
