@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from sqlalchemy import Engine, create_engine, select, text
 
 from clerk_sync.cli import main
+from clerk_sync.core.settings import Settings
 from models.database import make_engine, transaction
 from models.inbox import purge_events
 from models.migrate import alembic_config, upgrade
@@ -32,7 +33,8 @@ from models.tables import webhook_event_ids, webhook_events
 from tests.conftest import POSTGRES_ADMIN_URL, empty_tables
 from tests.factories import body_of, event, membership_data, new_svix_id, organization_data
 from tests.models.support import organization_rows
-from workers.partitioning import create_partitions_ahead
+from workers.app import celery_configuration, create_celery_app
+from workers.partitioning import PARTITIONS_TASK, create_partitions_ahead
 from workers.processing import apply_event, describe_event
 
 WORKSPACE_KEY = "workspace"
@@ -56,7 +58,9 @@ def inbox(engine: Engine) -> list[dict[str, Any]]:
 
 def ids(engine: Engine) -> dict[str, datetime]:
     with engine.connect() as connection:
-        return dict(connection.execute(select(webhook_event_ids)).tuples().all())
+        return {
+            row.svix_id: row.received_at for row in connection.execute(select(webhook_event_ids))
+        }
 
 
 def table_exists(engine: Engine, name: str) -> bool:
@@ -275,3 +279,34 @@ def test_partitions_ahead_are_created_once(engine: Engine) -> None:
     with transaction(engine) as connection:  # leave the session's database as it was
         for name in created:
             connection.execute(text(f"DROP TABLE {name}"))
+
+
+def test_beat_creates_partitions_ahead_through_the_worker_app(
+    settings: Settings, engine: Engine
+) -> None:
+    """Always scheduled (nothing to do on SQLite); the task the worker registers creates what
+    is missing, which for the session's database (migrated now) is nothing."""
+    schedule = celery_configuration(settings)["beat_schedule"]["partitions-ahead"]
+    assert schedule == {"task": PARTITIONS_TASK, "schedule": timedelta(hours=6)}
+    app = create_celery_app(settings)
+    try:
+        assert app.tasks[PARTITIONS_TASK]() == []
+        with engine.connect() as connection:
+            assert months_ahead(connection, datetime.now(UTC)) >= 3
+    finally:
+        app.clerk_sync_runtime.engine.dispose()
+
+
+def test_nothing_to_partition_on_sqlite(sqlite_url: str) -> None:
+    sqlite = make_engine(sqlite_url)
+    try:
+        assert create_partitions_ahead(sqlite) == []
+        with sqlite.connect() as connection:
+            assert not is_partitioned(connection)
+        result = CliRunner().invoke(
+            main, ["events", "partitions"], env={"DATABASE_URL": sqlite_url}
+        )
+        assert result.exit_code == 0, result.output
+        assert "not partitioned" in result.output
+    finally:
+        sqlite.dispose()
