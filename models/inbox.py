@@ -7,6 +7,7 @@ caller's business (``workers.replay``).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.exc import OperationalError
 
 from models.database import transaction
 from models.event_ids import event_with_id
@@ -48,6 +50,11 @@ PURGEABLE: Final = (APPLIED, SKIPPED)
 ``received`` events are in flight and are never purged."""
 
 PURGE_BATCH: Final = 1000
+
+LOCK_NOT_AVAILABLE: Final = "55P03"
+"""PostgreSQL's SQLSTATE for a lock not had within ``lock_timeout``."""
+
+log = logging.getLogger("clerk_sync.models")
 
 
 def as_utc(moment: datetime | None) -> datetime | None:
@@ -282,8 +289,15 @@ def purge_events(
             else []
         )
     for month in months:
-        with transaction(engine) as connection:
-            purged += drop_partition(connection, month)
+        # Checked in another transaction: an event of the month replayed meanwhile goes with it,
+        # and its replayed message, finding no id, is applied and recorded as a new event.
+        try:
+            with transaction(engine) as connection:
+                purged += drop_partition(connection, month)
+        except OperationalError as error:
+            if getattr(error.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+                raise
+            log.warning("month not dropped: the inbox was busy", extra={"month": month.name})
     events = webhook_events.c
     while True:
         with transaction(engine) as connection:

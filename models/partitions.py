@@ -173,11 +173,22 @@ def droppable(
     return found
 
 
+DROP_LOCK_TIMEOUT: Final = "5s"
+"""How long a month's drop waits for the inbox's lock (``drop_partition``)."""
+
+
 def drop_partition(connection: Connection, partition: Partition) -> int:
-    """Drop one month, with its ids in ``webhook_event_ids``; returns how many events it held."""
+    """Drop one month, with its ids in ``webhook_event_ids``; returns how many events it held.
+
+    Dropping a partition takes the inbox itself exclusively, for a moment: taken first (the
+    order workers take the inbox, then its partitions), it waits at most ``DROP_LOCK_TIMEOUT``
+    for running transactions, so workers never queue long behind it; on a timeout the caller's
+    transaction fails (``lock_not_available``) and the month is left for another time."""
     connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
     if partition not in partitions(connection):
         return 0
+    connection.execute(text(f"SET LOCAL lock_timeout = '{DROP_LOCK_TIMEOUT}'"))
+    connection.execute(text(f"LOCK TABLE {PARENT} IN ACCESS EXCLUSIVE MODE"))
     held = int(
         connection.execute(text(f"SELECT count(*) FROM {partition.name}")).scalar_one()  # noqa: S608
     )

@@ -310,3 +310,22 @@ def test_nothing_to_partition_on_sqlite(sqlite_url: str) -> None:
         assert "not partitioned" in result.output
     finally:
         sqlite.dispose()
+
+
+def test_a_month_the_inbox_is_too_busy_to_drop_is_deleted_row_by_row(engine: Engine) -> None:
+    """A transaction reading the inbox holds the lock a drop needs: purge waits
+    ``DROP_LOCK_TIMEOUT`` at most, keeps the month, and deletes its rows instead."""
+    sent = [new_svix_id() for _ in range(2)]
+    for n, svix_id in enumerate(sent):
+        payload = event("organization.created", organization_data(f"org_busy_{n}"))
+        assert deliver_at(engine, payload, MONTHS[0], svix_id) == "applied"
+    with engine.connect() as reader:
+        reader.execute(select(webhook_events.c.svix_id)).all()  # its lock held until rollback
+
+        purged = purge_events(engine, datetime(2025, 2, 1, tzinfo=UTC))
+
+        reader.rollback()
+    assert purged == 2
+    assert table_exists(engine, partition_for(MONTHS[0]).name)
+    assert inbox(engine) == []
+    assert ids(engine) == {}
