@@ -29,6 +29,7 @@ from sqlalchemy.dialects import postgresql
 
 from models.statements import cached_statement
 from models.tables import (
+    organization_invitations,
     organization_memberships,
     organization_permissions,
     organization_roles,
@@ -255,6 +256,23 @@ def _build_refresh_profiles(connection: Connection) -> Any:
     )
 
 
+def erase_invitation_emails(
+    connection: Connection, user_ids: Sequence[str], source: str | None
+) -> None:
+    """Blank the email address of the invitations these (deleted) users accepted."""
+    statement = cached_statement(connection, "derived:erase_invitations", _build_erase)
+    connection.execute(statement, {"p_ids": list(user_ids), **_stamp(source)})
+
+
+def _build_erase(connection: Connection) -> Any:
+    i = organization_invitations.c
+    return (
+        update(organization_invitations)
+        .where(_among(connection, i.user_id), i.email_address.is_not(None))
+        .values(email_address=None, **_stamps())
+    )
+
+
 def _stamps() -> dict[str, Any]:
     """``synced_at`` (and ``synced_by``, who wrote: the change feed's source) of a recompute."""
     stamps: dict[str, Any] = {"synced_at": bindparam("p_now")}
@@ -279,6 +297,8 @@ class DerivedState:
         self.role_keys: set[str] = set()
         self.user_ids: set[str] = set()
         self.same_profiles: set[str] = set()
+        self.erased_users: set[str] = set()
+        """Deleted users whose accepted invitations are still to lose their email address."""
         """Users written with the profile their stored row had: their memberships hold it."""
 
     def written(self, table: str, values: dict[str, Any]) -> None:
@@ -306,6 +326,7 @@ class DerivedState:
         self.role_keys.clear()
         self.user_ids.clear()
         self.same_profiles.clear()
+        self.erased_users.clear()
 
 
 _ROLE_TABLES = (organization_roles.name, organization_permissions.name)

@@ -329,13 +329,6 @@ class UnitOfWork(DerivedColumns):
             self.connection, statement, [{"p_value": value, SOURCE_PARAMETER: self.source}]
         )
 
-    def erase_where(self, kind: Versioned, column: str, value: str, erased: str) -> None:
-        """Set ``erased`` to null in the rows whose ``column`` is ``value``, at once (the
-        table's queued rows written first)."""
-        self._write_queued(kind.name)
-        statement = kind.blank_where(self.connection, column, erased)
-        self.connection.execute(statement, {"p_value": value})
-
     def bury(self, tombstone: Tombstone) -> None:
         """Record a deletion; burying the same entity again keeps the widest claim.
 

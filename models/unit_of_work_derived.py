@@ -14,12 +14,14 @@ from models.derived import (
     DerivedState,
     Profile,
     RoleBook,
+    erase_invitation_emails,
     profiles_of,
     refresh_permissions,
     refresh_profiles,
 )
 from models.locks import EXCLUSIVE, lock_roles
 from models.tables import (
+    organization_invitations,
     organization_memberships,
     organization_permissions,
     organization_roles,
@@ -92,12 +94,22 @@ class DerivedColumns:
         if self._queue is None:
             self._refresh()
 
+    def erase_invitation_emails(self, user_id: str) -> None:
+        """Blank the email address of the invitations this (deleted) user accepted: now, or,
+        while writing together, once the queued rows are written."""
+        self._derived.erased_users.add(user_id)
+        if self._queue is None:
+            self._refresh()
+
     def _refresh(self) -> None:
         derived = self._derived
-        if not (derived.role_keys or derived.user_ids):
+        if not (derived.role_keys or derived.user_ids or derived.erased_users):
             return
-        for table in (users.name, organization_memberships.name):
+        for table in (users.name, organization_memberships.name, organization_invitations.name):
             self._write_queued(table)
+        if derived.erased_users:
+            erase_invitation_emails(self.connection, sorted(derived.erased_users), self.source)
+            derived.erased_users.clear()
         if derived.role_keys:
             book = self.role_book()
             for key in sorted(derived.role_keys):

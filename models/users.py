@@ -17,7 +17,7 @@ from typing import Any
 
 from models.tombstones import DELETED, USER, Tombstone
 from models.unit_of_work import UnitOfWork
-from models.versioned import INVITATIONS, MEMBERSHIPS, USERS
+from models.versioned import MEMBERSHIPS, USERS
 
 
 @dataclass(frozen=True)
@@ -66,4 +66,4 @@ def delete_user(work: UnitOfWork, user_id: str, deleted_at: int) -> None:
     )
     work.delete_where(MEMBERSHIPS, "user_id", user_id)
     work.delete(USERS, user_id)
-    work.erase_where(INVITATIONS, "user_id", user_id, "email_address")
+    work.erase_invitation_emails(user_id)

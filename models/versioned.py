@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import Connection, Table, and_, bindparam, delete, or_, update
+from sqlalchemy import Connection, Table, and_, bindparam, delete, or_
 
 from models.changes.sources import deletion_source_clause
 from models.statements import cached_statement, insert_row, insert_rows
@@ -75,20 +75,6 @@ class Versioned:
             f"delete_where:{self.name}:{column}",
             lambda connection: _attributed(
                 connection, delete(self.table).where(self.table.c[column] == bindparam("p_value"))
-            ),
-        )
-
-    def blank_where(self, connection: Connection, column: str, blanked: str) -> Any:
-        """Set ``blanked`` to null in the rows whose ``column`` is ``:p_value`` (erasure)."""
-        return cached_statement(
-            connection,
-            f"blank_where:{self.name}:{column}:{blanked}",
-            lambda _connection: (
-                update(self.table)
-                .where(
-                    self.table.c[column] == bindparam("p_value"), self.table.c[blanked].is_not(None)
-                )
-                .values({blanked: None})
             ),
         )
 
