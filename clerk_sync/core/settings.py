@@ -14,10 +14,10 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Self
 
 from clerk_sync.core import change_feed_settings as feed
+from clerk_sync.core import clerk_api_settings as clerk_api
 from clerk_sync.core.sentinel import REDIS_URL_SCHEMES, replica_wait_field, sentinel_master_field
 from clerk_sync.core.setting_values import (
     DEFAULT_BROKER_URL,
-    DEFAULT_CLERK_API_URL,
     DEFAULT_DATABASE_URL,
     LOG_LEVELS,
     SETTING,
@@ -28,7 +28,6 @@ from clerk_sync.core.setting_values import (
     database_url,
     documented,
     optional_whole,
-    parse_clerk_api_url,
     parse_clerk_secret_key,
     parse_message_secrets,
     parse_webhook_secrets,
@@ -118,43 +117,10 @@ class Settings:
             "`public_metadata` key copied into `organizations.workspace_id`",
         ),
     )
-    clerk_secret_key: str = field(
-        default="",
-        repr=False,
-        metadata=documented(
-            "CLERK_SECRET_KEY",
-            "the instance's Backend API secret key `sk_…`, for `clerk-sync reconcile`; sent only "
-            "in the `Authorization` header, never logged or printed",
-            "— (required by `reconcile`)",
-            read=parsed(parse_clerk_secret_key),
-        ),
-    )
-    clerk_api_url: str = field(
-        default=DEFAULT_CLERK_API_URL,
-        metadata=documented(
-            "CLERK_API_URL",
-            "base URL of Clerk's Backend API (`/v1/…` paths are appended)",
-            read=parsed(parse_clerk_api_url),
-        ),
-    )
-    clerk_api_max_requests_per_second: float = field(
-        default=5.0,
-        metadata=documented(
-            "CLERK_API_MAX_REQUESTS_PER_SECOND",
-            "cap on `reconcile`'s Backend API request rate (see "
-            "[Reconciliation](operations.md#reconciliation))",
-            read=positive,
-        ),
-    )
-    reconcile_interval_minutes: int | None = field(
-        default=None,
-        metadata=documented(
-            "CLERK_SYNC_RECONCILE_INTERVAL_MINUTES",
-            "beat runs `reconcile` this often; unset, it only runs by hand",
-            "— (never)",
-            read=optional_whole(1),
-        ),
-    )
+    clerk_secret_key: str = clerk_api.secret_key_field()
+    clerk_api_url: str = clerk_api.url_field()
+    clerk_api_max_requests_per_second: float = clerk_api.rate_field()
+    reconcile_interval_minutes: int | None = clerk_api.interval_field()
     max_retries: int = field(
         default=8,
         metadata=documented(
