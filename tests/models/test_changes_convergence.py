@@ -101,5 +101,7 @@ def test_a_consumer_applying_the_feed_ends_with_the_same_tables(engine: Engine) 
         assert catch_up(engine, replica) == 0, "a saved position is not read again"
 
     replays()
-    assert sum(members for members, _ in seen) >= len(seen) // 3, "mostly without members"
-    assert sum(deleted for _, deleted in seen) >= len(seen) // 4, "mostly without deletions"
+    # The property said something about members and deletions: some histories had them (a
+    # share would make the test flaky, the histories being random).
+    assert any(members for members, _ in seen), "no history left a membership"
+    assert any(deleted for _, deleted in seen), "no history deleted anything"
