@@ -170,9 +170,11 @@ def create_celery_app(settings: Settings) -> Celery:
                 erase_personal_data=settings.erase_on_user_deleted,
             )
         except Exception as error:
-            if not is_transient(error):
-                raise
-            if task.request.retries >= settings.max_retries:
+            if not is_transient(error) and runtime.publisher.ledger is not None:
+                raise  # the sweeper publishes the event again, then dead-letters it
+            if not is_transient(error) or task.request.retries >= settings.max_retries:
+                # Retries spent or, without a ledger (RabbitMQ), an unexpected error that
+                # nothing would publish again: dead-lettered now (visible, replayable).
                 try:
                     dead_letter(runtime.engine, event, error)
                 except Exception as unreachable:

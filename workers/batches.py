@@ -151,6 +151,16 @@ def _one_by_one(
         except Exception as error:  # noqa: BLE001 - retried, or logged with its traceback
             if not is_transient(error):
                 _log_unexpected(event, error)
+                if runtime.publisher.ledger is None:
+                    # No ledger (RabbitMQ): nothing would publish it again, so it is
+                    # dead-lettered now (visible, replayable), or retried if that fails.
+                    try:
+                        dead_letter(runtime.engine, event, error)
+                    except Exception as unreachable:  # noqa: BLE001 - retried below
+                        transient[event.svix_id] = unreachable
+                    else:
+                        finished[event.svix_id] = dead_letter_outcome(error)
+                    continue
                 failed.add(event.svix_id)
                 continue
             transient[event.svix_id] = error

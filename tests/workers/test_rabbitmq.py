@@ -100,6 +100,28 @@ def test_transient_failures_on_rabbitmq_are_retried_until_applied_or_dead_letter
 
 
 @BATCH_SIZES
+def test_an_unexpected_error_on_rabbitmq_dead_letters_the_event(
+    amqp_settings: Settings,
+    pg_engine: Engine,
+    start_worker: Callable[..., WorkerProcess],
+    batch_size: int,
+) -> None:
+    """Without a ledger nothing would publish an event again after an error that is not
+    transient, so it is dead-lettered at once, with its error (visible, replayable), never
+    acknowledged and dropped. An organization id longer than its column (64) is such an error
+    on PostgreSQL; an event after it is applied."""
+    settings = replace(amqp_settings, batch_size=batch_size)
+    send = post(settings)
+    too_long = send(event("organization.created", organization_data("org_" + "x" * 80)))
+    fine = send(event("organization.created", organization_data()))
+    start_worker(settings)
+    row = wait_for(status_of(pg_engine, too_long, "dead"), 60)
+    assert "StringDataRightTruncation" in row["last_error"], row["last_error"]
+    wait_for(status_of(pg_engine, fine, "applied"), 60)
+    wait_for(lambda: queue_depth(settings) == (0, 1), 30)
+
+
+@BATCH_SIZES
 def test_messages_on_rabbitmq_without_a_valid_mac_are_never_applied(
     amqp_settings: Settings,
     pg_engine: Engine,
