@@ -13,8 +13,11 @@ import redis
 from sqlalchemy import Connection, Engine, text
 
 from clerk_sync.core.settings import Settings
+from ingress import create_app
 from tests.clerk_api import FakeClerk
 from tests.conftest import FLOWER_AUTH, start_flower, wait_for
+from tests.faults import IngressServer, signed_request
+from tests.models.histories import Delivery
 from tests.servers import free_port, stop_process
 
 
@@ -74,3 +77,31 @@ def hold_organization_lock(pg_engine: Engine) -> Iterator[Callable[[str], Callab
     for connection in held:
         connection.execute(UNLOCK_ALL)
         connection.close()
+
+
+@pytest.fixture
+def start_ingress(tmp_path: Path) -> Iterator[Callable[..., IngressServer]]:
+    """Start real ingress servers (gunicorn) with these settings; all stopped afterwards."""
+    started: list[IngressServer] = []
+
+    def start(settings: Settings, **options: Any) -> IngressServer:
+        server = IngressServer(settings, tmp_path / f"ingress-{len(started)}.log", **options)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def enqueue_through(settings: Settings) -> Callable[[list[Delivery]], None]:
+    """Queue deliveries through the real ingress app (in process) on the settings' broker."""
+    client = create_app(settings).test_client()
+
+    def send(deliveries: list[Delivery]) -> None:
+        for delivery in deliveries:
+            body, headers = signed_request(settings.webhook_secrets[0], delivery)
+            response = client.post("/webhook/clerk", data=body, headers=headers)
+            assert response.status_code == 202, response.get_json()
+
+    return send

@@ -31,7 +31,6 @@ from sqlalchemy import Engine, select, text
 import tests.conftest
 from clerk_sync.core.queue import LEDGER_DUE_KEY
 from clerk_sync.core.settings import Settings
-from ingress import create_app
 from models.database import make_engine
 from models.tables import webhook_events
 from tests.conftest import Send, WorkerProcess, empty_tables, queue_length, wait_for
@@ -53,6 +52,7 @@ from tests.faults import (
 )
 from tests.models.histories import Delivery
 from tests.models.support import deliver
+from tests.workers.conftest import enqueue_through
 from workers.app import create_celery_app, sweep
 
 pytestmark = [pytest.mark.fault, pytest.mark.worker]
@@ -75,31 +75,9 @@ def report(name: str, **numbers: Any) -> None:
 
 
 @pytest.fixture
-def start_ingress(tmp_path: Path) -> Iterator[Callable[..., IngressServer]]:
-    started: list[IngressServer] = []
-
-    def start(settings: Settings, **options: Any) -> IngressServer:
-        server = IngressServer(settings, tmp_path / f"ingress-{len(started)}.log", **options)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-@pytest.fixture
 def enqueue(settings: Settings) -> Callable[[list[Delivery]], None]:
     """Queue deliveries through the real ingress app (in process) on the test Redis."""
-    client = create_app(settings).test_client()
-
-    def send(deliveries: list[Delivery]) -> None:
-        for delivery in deliveries:
-            body, headers = signed_request(settings.webhook_secrets[0], delivery)
-            response = client.post("/webhook/clerk", data=body, headers=headers)
-            assert response.status_code == 202, response.get_json()
-
-    return send
+    return enqueue_through(settings)
 
 
 def assert_converged(engine: Engine, stream: Stream) -> None:

@@ -12,16 +12,13 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select
 
 from clerk_sync.core.settings import Settings
-from ingress import create_app
 from models.tables import webhook_events
 from tests.conftest import WorkerProcess, wait_for
 from tests.faults import (
@@ -36,6 +33,7 @@ from tests.faults import (
 )
 from tests.models.histories import Delivery
 from tests.rabbitmq import RabbitServer, amqp_settings, queue_depth, rabbit_server
+from tests.workers.conftest import enqueue_through
 from tests.workers.test_faults import (
     FEW_DELETIONS,
     all_finished,
@@ -52,31 +50,9 @@ StartWorker = Callable[..., WorkerProcess]
 
 
 @pytest.fixture
-def start_ingress(tmp_path: Path) -> Iterator[Callable[..., IngressServer]]:
-    started: list[IngressServer] = []
-
-    def start(settings: Settings, **options: Any) -> IngressServer:
-        server = IngressServer(settings, tmp_path / f"ingress-{len(started)}.log", **options)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-@pytest.fixture
 def enqueue_amqp(amqp_settings: Settings) -> Callable[[list[Delivery]], None]:
     """Queue deliveries through the real ingress app (in process) on RabbitMQ."""
-    client = create_app(amqp_settings).test_client()
-
-    def send(deliveries: list[Delivery]) -> None:
-        for delivery in deliveries:
-            body, headers = signed_request(amqp_settings.webhook_secrets[0], delivery)
-            response = client.post("/webhook/clerk", data=body, headers=headers)
-            assert response.status_code == 202, response.get_json()
-
-    return send
+    return enqueue_through(amqp_settings)
 
 
 def requeued(log: str) -> int:
