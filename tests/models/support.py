@@ -200,3 +200,12 @@ def expected_user(data: dict[str, Any]) -> dict:
         "created_at": data["created_at"],
         "updated_at": data["updated_at"],
     }
+
+
+def assert_dead_letter(engine: Engine, payload: dict[str, Any], error: str) -> None:
+    """Delivering ``payload`` ends ``dead``, its inbox row naming ``error`` (the field at fault)."""
+    svix_id = new_svix_id()
+    assert deliver(engine, payload, svix_id=svix_id) == "dead"
+    row = inbox_row(engine, svix_id)
+    assert row is not None
+    assert error in row["last_error"]

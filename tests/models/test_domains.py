@@ -16,11 +16,10 @@ from tests.factories import (
     deleted_organization_data,
     domain_data,
     event,
-    new_svix_id,
     organization_data,
     verification_data,
 )
-from tests.models.support import deliver, inbox_row, rows, tombstone_row
+from tests.models.support import assert_dead_letter, deliver, rows, tombstone_row
 
 HOUR = 3_600_000
 DELETED_AT = BASE_TIME_MS + 10 * HOUR
@@ -130,11 +129,5 @@ def test_a_deleted_organization_takes_its_domains_and_refuses_late_ones(engine: 
 def test_payloads_without_what_a_mutation_needs_are_dead_letters(
     engine: Engine, payload: dict[str, Any], error: str
 ) -> None:
-    svix_id = new_svix_id()
-
-    assert deliver(engine, payload, svix_id=svix_id) == "dead"
-
-    row = inbox_row(engine, svix_id)
-    assert row is not None
-    assert error in row["last_error"]
+    assert_dead_letter(engine, payload, error)
     assert domain_rows(engine) == []

@@ -17,11 +17,10 @@ from tests.factories import (
     deleted_user_data,
     event,
     invitation_data,
-    new_svix_id,
     organization_data,
     user_data,
 )
-from tests.models.support import deliver, inbox_row, rows
+from tests.models.support import assert_dead_letter, deliver, rows
 
 HOUR = 3_600_000
 OWNER = user_data("user_owner", first_name="Alex", last_name="Owner", email="alex@example.com")
@@ -129,11 +128,5 @@ def test_an_invitation_accepted_by_a_deleted_user_keeps_no_email(
 def test_payloads_without_what_a_mutation_needs_are_dead_letters(
     engine: Engine, payload: dict[str, Any], error: str
 ) -> None:
-    svix_id = new_svix_id()
-
-    assert deliver(engine, payload, svix_id=svix_id) == "dead"
-
-    row = inbox_row(engine, svix_id)
-    assert row is not None
-    assert error in row["last_error"]
+    assert_dead_letter(engine, payload, error)
     assert invitation_rows(engine) == []

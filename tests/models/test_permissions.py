@@ -15,12 +15,17 @@ from tests.factories import (
     deleted_object_data,
     event,
     membership_data,
-    new_svix_id,
     organization_data,
     permission_data,
     role_data,
 )
-from tests.models.support import deliver, inbox_row, membership_row, rows, tombstone_row
+from tests.models.support import (
+    assert_dead_letter,
+    deliver,
+    membership_row,
+    rows,
+    tombstone_row,
+)
 
 HOUR = 3_600_000
 DELETED_AT = BASE_TIME_MS + 10 * HOUR
@@ -125,11 +130,5 @@ def test_a_new_key_and_a_deletion_reach_the_members_of_granting_roles(
 def test_payloads_without_what_a_mutation_needs_are_dead_letters(
     engine: Engine, payload: dict[str, Any], error: str
 ) -> None:
-    svix_id = new_svix_id()
-
-    assert deliver(engine, payload, svix_id=svix_id) == "dead"
-
-    row = inbox_row(engine, svix_id)
-    assert row is not None
-    assert error in row["last_error"]
+    assert_dead_letter(engine, payload, error)
     assert permission_rows(engine) == []

@@ -19,14 +19,13 @@ from tests.factories import (
     deleted_object_data,
     event,
     membership_data,
-    new_svix_id,
     organization_data,
     permission_data,
     role_data,
 )
 from tests.models.support import (
+    assert_dead_letter,
     deliver,
-    inbox_row,
     membership_row,
     rows,
     tombstone_row,
@@ -220,13 +219,7 @@ def test_a_role_update_that_changes_no_member_writes_no_member(engine: Engine) -
 def test_payloads_without_what_a_mutation_needs_are_dead_letters(
     engine: Engine, payload: dict[str, Any], error: str
 ) -> None:
-    svix_id = new_svix_id()
-
-    assert deliver(engine, payload, svix_id=svix_id) == "dead"
-
-    row = inbox_row(engine, svix_id)
-    assert row is not None
-    assert error in row["last_error"]
+    assert_dead_letter(engine, payload, error)
     assert role_rows(engine) == []
     assert permission_rows(engine) == []
 

@@ -22,10 +22,10 @@ from tests.factories import (
 )
 from tests.models.support import (
     WORKSPACE_KEY,
+    assert_dead_letter,
     deliver,
     expected_organization,
     expected_user,
-    inbox_row,
     membership_rows,
     organization_rows,
     tombstone_row,
@@ -230,13 +230,7 @@ def test_deleting_an_unknown_user_still_blocks_it(engine: Engine) -> None:
 def test_payloads_without_what_a_mutation_needs_are_dead_letters(
     engine: Engine, payload: dict[str, Any], error: str
 ) -> None:
-    svix_id = new_svix_id()
-
-    assert deliver(engine, payload, svix_id=svix_id) == "dead"
-
-    row = inbox_row(engine, svix_id)
-    assert row is not None
-    assert error in row["last_error"]
+    assert_dead_letter(engine, payload, error)
     assert user_rows(engine) == []
 
 
